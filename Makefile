@@ -1,0 +1,52 @@
+# jaxflash developer commands. Each works from a fresh clone: the first target run creates .venv.
+#   make test       the test suite (what CI runs)
+#   make demo       the main job end to end
+#   make bench      every benchmark suite on this machine (SUITE=name for one)
+#   make gpu-check  on a CUDA machine without network: compiled kernels vs references, then GPU timings
+#   make lint       ruff
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Python 3.12 through pyenv when the machine has it (as development and CI do), else python3.
+PYTHON_BOOT := $(shell if command -v pyenv >/dev/null 2>&1 && pyenv prefix 3.12 >/dev/null 2>&1; then echo "$$(pyenv prefix 3.12)/bin/python3"; elif command -v python3.12 >/dev/null 2>&1; then echo python3.12; else echo python3; fi)
+PYTEST_ARGS ?= -n 2
+SUITE ?=
+GPU_CHECK_OUT ?= gpu-check-results
+# The GPU machine's own interpreter (it has jax for CUDA and no registry).
+GPU_PYTHON ?= python3
+
+.PHONY: test test-slow demo bench gpu-check lint venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $@
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: venv
+	$(PY) -m pytest $(PYTEST_ARGS) -m slow
+
+demo: venv
+	$(PY) -m jaxflash.demo
+
+bench: venv
+	@if [ -n "$(SUITE)" ]; then $(PY) -m jaxflash.bench $(SUITE); \
+	else for s in $$($(PY) -c "from jaxflash.bench.suites import SUITE_MODULES; print(*SUITE_MODULES)"); do \
+		$(PY) -m jaxflash.bench $$s || exit 1; done; fi
+
+gpu-check:
+	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	$(GPU_PYTHON) -m jaxflash.bench.gpu_check --out $(GPU_CHECK_OUT)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf $(VENV) bench-results gpu-check-results *.egg-info .pytest_cache .ruff_cache

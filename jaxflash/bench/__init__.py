@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m jaxflash.bench SUITE`` (see ``--help``)."""

@@ -1,0 +1,1 @@
+"""Flax NNX sequence models built on jaxflash's public ops. Installed as ``jaxflash.models``."""

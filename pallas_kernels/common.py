@@ -1,0 +1,63 @@
+"""What every kernel family shares: grid arithmetic, interpret mode and per-backend compiler params.
+
+One kernel body serves every backend. ``implementation="pallas"`` compiles it (Triton lowering on
+GPU, Mosaic on TPU); ``implementation="pallas_interpret"`` runs the same body in the Pallas
+interpreter, which is how the CPU test suite exercises kernels. Setting
+``JAXFLASH_PALLAS_INTERPRET=tpu`` makes the interpreter emulate TPU semantics and raise on
+out-of-bounds reads, where the plain interpreter would pad them with NaN.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jax.experimental import pallas as pl
+
+from jaxflash.ops.registry import current_platform
+
+INTERPRET_ENV_VAR = "JAXFLASH_PALLAS_INTERPRET"
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division, for grid sizes over ragged lengths."""
+    return -(-a // b)
+
+
+def interpret_for(implementation: str) -> Any:
+    """The ``interpret=`` value of ``pl.pallas_call`` for a dispatch implementation name."""
+    if implementation == "pallas":
+        return False
+    if implementation != "pallas_interpret":
+        raise ValueError(f"{implementation=} is not a Pallas implementation")
+    if os.environ.get(INTERPRET_ENV_VAR, "").strip().lower() == "tpu":
+        from jax.experimental.pallas import tpu as pltpu
+
+        return pltpu.InterpretParams(out_of_bounds_reads="raise", uninitialized_memory="nan")
+    return True
+
+
+def compiler_params(
+    interpret: Any,
+    *,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    dimension_semantics: tuple[str, ...] | None = None,
+) -> pl.CompilerParams | None:
+    """Backend compiler parameters for a compiled call; None when interpreting.
+
+    On GPU this selects the Triton lowering (Ampere and Hopper alike), which the kernels here are
+    written for; on TPU, Mosaic with the given grid ``dimension_semantics``.
+    """
+    if interpret is not False:
+        return None
+    platform = current_platform()
+    if platform == "gpu":
+        from jax.experimental.pallas import triton as pltriton
+
+        return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    if platform == "tpu":
+        from jax.experimental.pallas import tpu as pltpu
+
+        return pltpu.CompilerParams(dimension_semantics=dimension_semantics)
+    raise NotImplementedError(f"compiled Pallas kernels need a GPU or TPU; the backend is {platform!r}")

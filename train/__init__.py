@@ -1,0 +1,1 @@
+"""Jitted optax training, checkpoints, sharding and metrics. Installed as ``jaxflash.train``."""
