@@ -74,7 +74,7 @@ def assert_close(
         err = np.abs(np.nan_to_num(a64) - np.nan_to_num(e64))
         bad = err > a_tol + r_tol * np.abs(np.nan_to_num(e64))
         if bad.any():
-            where = np.unravel_index(int(np.argmax(err)), err.shape) if err.ndim else ()
+            where = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), err.shape))
             raise AssertionError(
                 f"leaf {i}: {int(bad.sum())} of {bad.size} elements differ beyond atol={a_tol:g}, "
                 f"rtol={r_tol:g}; max abs error {err.max():.3g} at {where} "
@@ -116,13 +116,20 @@ def assert_grads_close(
     ref_out, ref_vjp = jax.vjp(partial(reference), *diff_args)
     cot_leaves = [
         random_normal(k, np.shape(leaf), np.asarray(leaf).dtype)
-        for k, leaf in zip(jax.random.split(key, len(jax.tree.leaves(out))), jax.tree.leaves(out), strict=True)
+        for k, leaf in zip(
+            jax.random.split(key, len(jax.tree.leaves(out))), jax.tree.leaves(out), strict=True
+        )
     ]
     cot = jax.tree.unflatten(jax.tree.structure(out), cot_leaves)
     ref_cot = jax.tree.map(lambda c, r: c.astype(np.asarray(r).dtype), cot, ref_out)
     for i, (g, rg) in enumerate(zip(vjp(cot), ref_vjp(ref_cot), strict=True)):
         assert_close(
-            g, rg, dtype=dtype, scale=2.0 * scale, atol=atol, rtol=rtol,
+            g,
+            rg,
+            dtype=dtype,
+            scale=2.0 * scale,
+            atol=atol,
+            rtol=rtol,
             err_msg=f"gradient with respect to argument {argnums[i]}",
         )
 

@@ -26,8 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small sizes, for smoke runs")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (compilation included)")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls; the median is reported")
-    parser.add_argument("--max-seconds", type=float, default=10.0, help="stop repeating a candidate after this")
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-candidate peak-memory subprocesses")
+    parser.add_argument(
+        "--max-seconds", type=float, default=10.0, help="stop repeating a candidate after this"
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the per-candidate peak-memory subprocesses"
+    )
     parser.add_argument("--only", nargs="+", help="run only these candidates (and the baseline)")
     parser.add_argument("--json", help="where to write the JSON (default bench-results/SUITE-TIME.json)")
     parser.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
@@ -52,14 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     table = markdown_table(results)
     timing_note = (
-        "CPU timings (no accelerator in this run)" if info["backend"] == "cpu" else f"{info['devices'][0]} timings"
+        "CPU timings (no accelerator in this run)"
+        if info["backend"] == "cpu"
+        else f"{info['devices'][0]} timings"
     )
     header = (
         f"## {suite.name}: {suite.description}\n\n"
         f"{info['date']}; {timing_note}; {info['cpu_count']} CPU cores, {info['processor']}; "
         f"jax {info['jax']}, Python {info['python']}.\n"
         f"Command: `{command}`. Speedup = baseline median / candidate median"
-        + ("; peak MiB = memory one call adds over its inputs, each candidate in its own process" if not args.no_memory else "")
+        + (
+            "; peak MiB = memory one call adds over its inputs, each candidate in its own process"
+            if not args.no_memory
+            else ""
+        )
         + ".\n"
     )
     print(header)
@@ -68,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(
-            dict(suite=suite.name, command=command, machine=info, results=[r.__dict__ for r in results]), f, indent=2
+            dict(suite=suite.name, command=command, machine=info, results=[r.__dict__ for r in results]),
+            f,
+            indent=2,
         )
     print(f"\nJSON written to {path}", file=sys.stderr)
     if args.record:

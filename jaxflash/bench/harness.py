@@ -140,7 +140,9 @@ def max_error(out: Any, reference: np.ndarray) -> float:
     leaf = out[0] if isinstance(out, tuple | list) else out
     if hasattr(leaf, "detach"):  # torch tensor
         leaf = leaf.detach().cpu().numpy()
-    arr = np.asarray(jnp.asarray(leaf, jnp.float32) if str(getattr(leaf, "dtype", "")) == "bfloat16" else leaf)
+    arr = np.asarray(
+        jnp.asarray(leaf, jnp.float32) if str(getattr(leaf, "dtype", "")) == "bfloat16" else leaf
+    )
     return float(np.max(np.abs(arr.astype(np.float64) - reference)))
 
 
@@ -217,7 +219,10 @@ def measure_peak_memory(
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "jaxflash.bench.harness", spec],
-            capture_output=True, text=True, timeout=600, env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return None

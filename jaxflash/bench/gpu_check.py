@@ -1,0 +1,145 @@
+"""``make gpu-check``: every compiled Pallas kernel against its reference on the GPU, then GPU timings.
+
+Written for the lent CUDA machine: no network, JAX for CUDA already installed, no pytest needed. It
+runs, within a time budget (8 minutes by default):
+
+1. the device report (what JAX sees);
+2. every bench module's ``GPU_CHECKS``: the compiled kernel (``implementation="pallas"``) against
+   its reference, forward and backward;
+3. every bench suite on the GPU at the module's ``GPU_SIZES``, peers included where installed.
+
+Work that the budget leaves no time for is listed as not run. Full results go to ``--out`` (or
+``JAXFLASH_GPU_CHECK_OUT``) as JSON and markdown; a short table is printed last. The exit code is 1
+when a check fails or errors, 2 when no GPU is found (unless ``--allow-cpu``, for testing the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+from jaxflash.bench.harness import machine_info, markdown_table, run_suite
+from jaxflash.bench.suites import SUITE_MODULES, get_suite, suite_module
+
+OUT_ENV_VAR = "JAXFLASH_GPU_CHECK_OUT"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxflash.bench.gpu_check", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--out", default=os.environ.get(OUT_ENV_VAR, "gpu-check-results"), help="results folder"
+    )
+    parser.add_argument(
+        "--budget-seconds", type=float, default=480.0, help="stop starting new work after this"
+    )
+    parser.add_argument("--suites", nargs="+", default=list(SUITE_MODULES), help="bench modules to include")
+    parser.add_argument("--no-timings", action="store_true", help="correctness checks only")
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="run on a machine without a GPU (testing only)"
+    )
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    deadline = start + args.budget_seconds
+    os.makedirs(args.out, exist_ok=True)
+
+    import jax
+
+    info = machine_info()
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    print(f"devices: {jax.devices()}", flush=True)
+    print(f"jax {info['jax']}, jaxlib {info['jaxlib']}, backend {info['backend']}", flush=True)
+    if not gpus and not args.allow_cpu:
+        print("no GPU found: this check needs a CUDA machine (pass --allow-cpu to exercise the script)")
+        _write(args.out, info, [], {}, "no GPU found")
+        return 2
+
+    checks: list[dict[str, Any]] = []
+    for name in args.suites:
+        module = suite_module(name)
+        for check in getattr(module, "GPU_CHECKS", ()):
+            row: dict[str, Any] = dict(suite=name, check=check.name)
+            if time.monotonic() > deadline:
+                row.update(status="not run: time budget spent")
+            else:
+                t0 = time.monotonic()
+                try:
+                    row.update(status="pass", **check.run())
+                except AssertionError as e:
+                    row.update(status="FAIL", detail=str(e)[:500])
+                except Exception as e:  # a kernel that fails to compile is a finding, not a crash
+                    row.update(
+                        status="ERROR", detail=f"{type(e).__name__}: {e}"[:500], trace=traceback.format_exc()
+                    )
+                row["seconds"] = round(time.monotonic() - t0, 2)
+            print(f"check {name}/{check.name}: {row['status']} {row.get('detail', '')}", flush=True)
+            checks.append(row)
+
+    timings: dict[str, Any] = {}
+    if not args.no_timings:
+        for name in args.suites:
+            module = suite_module(name)
+            if time.monotonic() > deadline:
+                timings[name] = "not run: time budget spent"
+                continue
+            sizes = getattr(module, "GPU_SIZES", None)
+            try:
+                results = run_suite(
+                    get_suite(name),
+                    sizes=sizes,
+                    quick=sizes is None,
+                    warmup=2,
+                    repeats=10,
+                    max_seconds=5.0,
+                    memory=False,
+                )
+                timings[name] = results
+            except Exception as e:
+                timings[name] = f"error: {type(e).__name__}: {e}"[:500]
+
+    _write(args.out, info, checks, timings, None)
+    print("\n# jaxflash gpu-check\n")
+    print(
+        f"{info['devices'][0]}; jax {info['jax']}; {time.monotonic() - start:.0f} s; results in {args.out}/\n"
+    )
+    for name, res in timings.items():
+        print(f"## {name}\n")
+        print(markdown_table(res) if isinstance(res, list) else res)
+        print()
+    print("## kernel checks\n")
+    print(_checks_table(checks) if checks else "no compiled kernels are registered yet")
+    failed = [c for c in checks if c["status"] in ("FAIL", "ERROR")]
+    print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _checks_table(checks: list[dict[str, Any]]) -> str:
+    lines = ["| suite | check | status | max abs err | atol | s |", "|---|---|---|---|---|---|"]
+    for c in checks:
+        err = c.get("max_abs_err")
+        lines.append(
+            f"| {c['suite']} | {c['check']} | {c['status']} | {'' if err is None else f'{err:.2e}'} "
+            f"| {c.get('atol', '')} | {c.get('seconds', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def _write(out: str, info: dict[str, Any], checks: list, timings: dict, note: str | None) -> None:
+    serial = {k: ([r.__dict__ for r in v] if isinstance(v, list) else v) for k, v in timings.items()}
+    with open(os.path.join(out, "gpu_check.json"), "w") as f:
+        json.dump(dict(machine=info, note=note, checks=checks, timings=serial), f, indent=2, default=str)
+    with open(os.path.join(out, "gpu_check.md"), "w") as f:
+        f.write(f"# jaxflash gpu-check, {info['date']}, {info['devices']}\n\n")
+        for name, res in timings.items():
+            f.write(f"## {name}\n\n{markdown_table(res) if isinstance(res, list) else res}\n\n")
+        f.write("## kernel checks\n\n" + (_checks_table(checks) if checks else "none registered") + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
