@@ -1,0 +1,257 @@
+"""Label matrices: one convention, converters, validation, LF summaries and labelling functions.
+
+Convention (snorkel's, used everywhere in :mod:`jaxflash.ws`): a label matrix ``L`` has shape
+``[n_points, n_lfs]`` and integer entries ``-1`` (the LF abstains) or a class ``0 .. k-1``. Gold labels
+``Y`` have shape ``[n_points]`` with entries in ``0 .. k-1``.
+
+FlyingSquid, the original Epoxy and Liger use another convention for binary tasks: ``0`` abstains,
+``-1``/``+1`` are the two classes. :func:`from_flyingsquid` / :func:`to_flyingsquid` convert explicitly
+(class 0 <-> -1, class 1 <-> +1, abstain -1 <-> 0); nothing in this package guesses a convention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+ABSTAIN = -1
+
+
+def _as_numeric(x: Any, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise ValueError(f"{name} must be a numeric array, got dtype=object")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a numeric array, got dtype={arr.dtype}")
+    return arr
+
+
+def _integer_valued(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype.kind == "f":
+        if np.isnan(arr).any():
+            raise ValueError(
+                f"{name} contains NaN at {np.argwhere(np.isnan(arr))[0].tolist()}; "
+                "encode a missing vote as -1 (abstain)"
+            )
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            bad = arr[~np.isfinite(arr) | (arr != np.round(arr))][0]
+            raise ValueError(f"{name} must hold integer labels, found {bad!r}")
+    return arr.astype(np.int32)
+
+
+def check_label_matrix(
+    L: Any,
+    *,
+    cardinality: int | None = None,
+    name: str = "L",
+    min_lfs: int = 1,
+    require_votes: bool = False,
+) -> np.ndarray:
+    """Validates ``L`` against the convention and returns it as an ``int32`` NumPy array.
+
+    Raises ``ValueError`` naming what is wrong: not 2-D, no rows, fewer than ``min_lfs`` columns, NaN or
+    non-integer entries, values outside ``{-1, 0, .., cardinality-1}``, or (``require_votes``) an LF that
+    never votes.
+    """
+    arr = _as_numeric(L, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n_points, n_lfs], got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} has no rows ({name}.shape={arr.shape})")
+    if arr.shape[1] < min_lfs:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} labelling functions; this method needs at least {min_lfs}"
+        )
+    arr = _integer_valued(arr, name)
+    lo = int(arr.min())
+    if lo < ABSTAIN:
+        raise ValueError(
+            f"{name} has value {lo}; the convention is -1 = abstain, classes 0..k-1 "
+            "(use from_flyingsquid() for 0-abstain / +-1 matrices)"
+        )
+    if cardinality is not None:
+        hi = int(arr.max())
+        if hi >= cardinality:
+            raise ValueError(
+                f"{name} has value {hi} but cardinality={cardinality} allows classes 0..{cardinality - 1}"
+            )
+    if require_votes:
+        silent = np.flatnonzero((arr == ABSTAIN).all(axis=0))
+        if silent.size:
+            raise ValueError(
+                f"labelling function(s) {silent.tolist()} never vote in {name}; drop those "
+                "columns, their accuracy cannot be estimated"
+            )
+    return arr
+
+
+def check_labels(
+    Y: Any, *, n: int | None = None, cardinality: int | None = None, name: str = "Y"
+) -> np.ndarray:
+    """Validates gold labels ``Y`` (1-D, classes ``0..k-1``, length ``n``) and returns an int32 array."""
+    arr = _as_numeric(Y, name)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D [n_points], got shape {arr.shape}")
+    arr = _integer_valued(arr, name)
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} labels but the label matrix has {n} rows")
+    if arr.size and arr.min() < 0:
+        raise ValueError(
+            f"{name} has value {int(arr.min())}; gold labels are classes 0..k-1 "
+            "(use labels_from_pm1() for +-1 labels)"
+        )
+    if cardinality is not None and arr.size and arr.max() >= cardinality:
+        raise ValueError(f"{name} has value {int(arr.max())} but cardinality={cardinality}")
+    return arr
+
+
+def check_class_balance(class_balance: Any, cardinality: int, name: str = "class_balance") -> np.ndarray:
+    """Validates a class prior (``cardinality`` non-negative finite entries, positive sum); normalised."""
+    cb = np.asarray(class_balance, np.float64)
+    if cb.shape != (cardinality,):
+        raise ValueError(f"{name} must have shape ({cardinality},), got {cb.shape}")
+    if not np.all(np.isfinite(cb)) or np.any(cb < 0) or cb.sum() <= 0:
+        raise ValueError(f"{name} must be finite, non-negative with a positive sum, got {cb.tolist()}")
+    return cb / cb.sum()
+
+
+# --- conversions -------------------------------------------------------------------------------------
+
+
+def from_flyingsquid(L_fs: Any) -> np.ndarray:
+    """FlyingSquid's binary convention (0 abstain, -1/+1) -> snorkel's (-1 abstain, 0/1)."""
+    arr = _integer_valued(_as_numeric(L_fs, "L_fs"), "L_fs")
+    bad = ~np.isin(arr, (-1, 0, 1))
+    if bad.any():
+        raise ValueError(f"L_fs must hold -1, 0 (abstain) or +1, found {int(arr[bad][0])}")
+    return np.where(arr == 0, ABSTAIN, (arr + 1) // 2).astype(np.int32)
+
+
+def to_flyingsquid(L: Any) -> np.ndarray:
+    """Snorkel's convention (-1 abstain, 0/1) -> FlyingSquid's (0 abstain, -1/+1); binary only."""
+    arr = _integer_valued(_as_numeric(L, "L"), "L")
+    bad = ~np.isin(arr, (-1, 0, 1))
+    if bad.any():
+        raise ValueError(f"to_flyingsquid needs a binary matrix (-1, 0, 1), found {int(arr[bad][0])}")
+    return np.where(arr == ABSTAIN, 0, 2 * arr - 1).astype(np.int32)
+
+
+def labels_from_pm1(Y: Any) -> np.ndarray:
+    """Gold labels in -1/+1 -> 0/1."""
+    arr = _integer_valued(_as_numeric(Y, "Y"), "Y")
+    if not np.isin(arr, (-1, 1)).all():
+        raise ValueError("labels_from_pm1 expects only -1 and +1")
+    return ((arr + 1) // 2).astype(np.int32)
+
+
+def labels_to_pm1(Y: Any) -> np.ndarray:
+    """Gold labels in 0/1 -> -1/+1."""
+    arr = check_labels(Y, cardinality=2)
+    return (2 * arr - 1).astype(np.int32)
+
+
+# --- summaries ---------------------------------------------------------------------------------------
+
+
+def lf_summary(L: Any, Y: Any | None = None, *, cardinality: int | None = None) -> dict[str, np.ndarray]:
+    """Per-LF statistics, as snorkel's ``LFAnalysis`` defines them.
+
+    Returns a dict of ``[n_lfs]`` arrays:
+      ``coverage``: fraction of points the LF votes on;
+      ``overlaps``: fraction of points where it votes and at least one other LF votes too;
+      ``conflicts``: fraction of points where it votes and another LF votes a different class;
+      ``polarity``: number of distinct classes it emits;
+      with ``Y``: ``correct``, ``incorrect`` (counts over its votes) and ``empirical_accuracy`` =
+      correct / votes (NaN for an LF that never votes).
+    """
+    L = check_label_matrix(L, cardinality=cardinality)
+    n, m = L.shape
+    k = cardinality or int(L.max()) + 1
+    votes = L != ABSTAIN
+    n_votes = votes.sum(axis=1, keepdims=True)
+    counts = np.stack([(L == c).sum(axis=1) for c in range(max(k, 1))], axis=1)  # [n, k]
+    own = np.where(votes, L, 0)
+    same_class = np.take_along_axis(counts, own, axis=1)  # votes (incl. own) equal to own vote
+    out = {
+        "coverage": votes.mean(axis=0),
+        "overlaps": (votes & (n_votes > 1)).mean(axis=0),
+        "conflicts": (votes & (n_votes - same_class > 0)).mean(axis=0),
+        "polarity": np.array([np.unique(L[votes[:, j], j]).size for j in range(m)]),
+    }
+    if Y is not None:
+        Y = check_labels(Y, n=n, cardinality=cardinality)
+        correct = (votes & (L == Y[:, None])).sum(axis=0)
+        n_lf_votes = votes.sum(axis=0)
+        out["correct"] = correct
+        out["incorrect"] = n_lf_votes - correct
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["empirical_accuracy"] = np.where(n_lf_votes > 0, correct / np.maximum(n_lf_votes, 1), np.nan)
+    return out
+
+
+def label_coverage(L: Any) -> float:
+    """Fraction of points with at least one non-abstain vote."""
+    L = check_label_matrix(L)
+    return float((L != ABSTAIN).any(axis=1).mean())
+
+
+# --- labelling functions ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelingFunction:
+    """A named labelling function.
+
+    ``fn(record) -> int`` returns a class ``0..k-1`` or ``ABSTAIN`` (-1); ``None`` counts as abstain. With
+    ``vectorized=True``, ``fn(records) -> array [len(records)]`` labels a whole batch at once (e.g. a
+    regular expression over a NumPy array of strings, a threshold over a feature column).
+    """
+
+    name: str
+    fn: Callable[[Any], Any]
+    vectorized: bool = False
+
+    def __call__(self, record: Any) -> int:
+        if self.vectorized:
+            return int(np.asarray(self.fn([record]))[0])
+        out = self.fn(record)
+        return ABSTAIN if out is None else int(out)
+
+
+def labeling_function(
+    name: str | None = None, *, vectorized: bool = False
+) -> Callable[[Callable[[Any], Any]], LabelingFunction]:
+    """Decorator: ``@labeling_function()`` turns ``def lf(record) -> int`` into a LabelingFunction."""
+
+    def wrap(fn: Callable[[Any], Any]) -> LabelingFunction:
+        return LabelingFunction(name or fn.__name__, fn, vectorized)
+
+    return wrap
+
+
+def apply_lfs(lfs: Sequence[LabelingFunction], records: Iterable[Any] | Sequence[Any]) -> np.ndarray:
+    """Applies the LFs to the records; returns ``L`` of shape ``[n_records, len(lfs)]`` (int32).
+
+    Vectorized LFs see the whole batch in one call; the others are called once per record.
+    """
+    if len(lfs) == 0:
+        raise ValueError("apply_lfs needs at least one labelling function")
+    names = [lf.name for lf in lfs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"labelling function names must be unique, got {names}")
+    records = list(records)
+    L = np.full((len(records), len(lfs)), ABSTAIN, np.int32)
+    for j, lf in enumerate(lfs):
+        if lf.vectorized:
+            col = np.asarray(lf.fn(records))
+            if col.shape != (len(records),):
+                raise ValueError(
+                    f"vectorized LF {lf.name!r} returned shape {col.shape}, expected ({len(records)},)"
+                )
+        else:
+            col = np.array([ABSTAIN if (v := lf.fn(r)) is None else v for r in records])
+        L[:, j] = _integer_valued(_as_numeric(col, f"output of LF {lf.name!r}"), f"output of LF {lf.name!r}")
+    return check_label_matrix(L)

@@ -1,0 +1,98 @@
+"""Majority vote, with snorkel's ``MajorityLabelVoter`` semantics and an explicit tie policy."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxflash.ws.base import LabelModel, TiePolicy, probs_to_preds
+from jaxflash.ws.label_matrix import check_class_balance, check_label_matrix, check_labels
+
+
+@partial(jax.jit, static_argnames="cardinality")
+def _tied_maxima(L: jax.Array, cardinality: int) -> jax.Array:
+    counts = (L[:, :, None] == jnp.arange(cardinality)).sum(axis=1)  # [n, k]; abstain (-1) matches none
+    top = counts == counts.max(axis=1, keepdims=True)
+    return top / top.sum(axis=1, keepdims=True)
+
+
+class MajorityVote(LabelModel):
+    """Unweighted majority vote over the non-abstain votes of each row.
+
+    ``predict_proba`` puts uniform mass on the classes with the most votes (as snorkel's
+    ``MajorityLabelVoter``): a row with a unique winner is one-hot, a tie between c classes gives 1/c to
+    each, and an **all-abstain row is uniform** (every class is tied at zero votes). ``predict`` resolves
+    ties with ``tie_policy``: ``"abstain"`` -> -1 (snorkel's default), ``"random"`` -> a tied class drawn
+    with a PRNG ``key``, ``"prior"`` -> the tied class with the largest class balance (given to the
+    constructor, or counted from ``Y_dev`` in :meth:`fit`).
+    """
+
+    def __init__(
+        self,
+        cardinality: int = 2,
+        tie_policy: TiePolicy = "abstain",
+        class_balance: list[float] | None = None,
+    ):
+        if cardinality < 2:
+            raise ValueError(f"cardinality must be >= 2, got {cardinality}")
+        self.cardinality = cardinality
+        self.tie_policy = tie_policy
+        self.class_balance_ = (
+            None if class_balance is None else check_class_balance(class_balance, cardinality)
+        )
+        self.fitted_ = True  # nothing to learn; fit only sets the prior used by tie_policy="prior"
+
+    def fit(
+        self, L: Any | None = None, Y_dev: Any | None = None, class_balance: Any | None = None
+    ) -> MajorityVote:
+        """Sets the class prior for ``tie_policy="prior"`` from ``class_balance`` or ``Y_dev`` counts."""
+        if L is not None:
+            check_label_matrix(L, cardinality=self.cardinality)
+        if class_balance is not None:
+            self.class_balance_ = check_class_balance(class_balance, self.cardinality)
+        elif Y_dev is not None:
+            Y_dev = check_labels(Y_dev, cardinality=self.cardinality, name="Y_dev")
+            self.class_balance_ = check_class_balance(
+                np.bincount(Y_dev, minlength=self.cardinality).astype(float),
+                self.cardinality,
+                name="class counts of Y_dev",
+            )
+        return self
+
+    def predict_proba(self, L: Any) -> np.ndarray:
+        L = check_label_matrix(L, cardinality=self.cardinality)
+        return np.asarray(_tied_maxima(jnp.asarray(L), self.cardinality), np.float64)
+
+    def predict(
+        self, L: Any, *, tie_policy: TiePolicy | None = None, key: jax.Array | None = None
+    ) -> np.ndarray:
+        return probs_to_preds(
+            self.predict_proba(L),
+            tie_policy=tie_policy or self.tie_policy,
+            key=key,
+            prior=self.class_balance_,
+        )
+
+    def score(
+        self,
+        L: Any,
+        Y: Any,
+        metrics=("accuracy",),
+        *,
+        tie_policy: TiePolicy | None = None,
+        key: jax.Array | None = None,
+    ) -> dict[str, float]:
+        return super().score(L, Y, metrics, tie_policy=tie_policy or self.tie_policy, key=key)
+
+    def _config(self) -> dict[str, Any]:
+        return {"cardinality": self.cardinality, "tie_policy": self.tie_policy}
+
+    def _params(self) -> dict[str, np.ndarray]:
+        return {} if self.class_balance_ is None else {"class_balance": self.class_balance_}
+
+    def _set_params(self, params: dict[str, np.ndarray]) -> None:
+        self.class_balance_ = params.get("class_balance")

@@ -1,0 +1,297 @@
+"""FlyingSquid: parity with the original package on YouTube, convergence on sampled data, structure
+variants (multi-class, temporal, dependencies, online), bad input and persistence."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from jaxflash.ws import FlyingSquid, OnlineFlyingSquid, load_youtube_spam
+from jaxflash.ws.label_matrix import to_flyingsquid
+from jaxflash.ws.synthetic import sample_label_matrix, sample_temporal
+
+
+@pytest.fixture(scope="module")
+def youtube():
+    return load_youtube_spam()
+
+
+def _numpy_reference(L, cb1, method):
+    """Plain NumPy transcription of the original package's fully independent fit (loops, FS convention)."""
+    Lfs = to_flyingsquid(L).astype(np.float64)
+    n, m = Lfs.shape
+    M = Lfs.T @ Lfs / n
+    acc = np.zeros(m)
+    for i in range(m):
+        vals = []
+        for j, k in itertools.combinations([x for x in range(m) if x != i], 2):
+            vals.append(np.sqrt(abs(M[i, j] * M[i, k] / M[j, k])) if M[j, k] != 0 else 0.0)
+        acc[i] = np.mean(vals) if method == "triplet_mean" else np.median(vals)
+    p0 = (Lfs == 0).mean(0)
+    p1 = (Lfs == 1).mean(0)
+    # FlyingSquid's 6x6 system B e = r for the clique (lambda_i, Y), e in its order
+    # (1,+),(0,+),(-1,+),(1,-),(0,-),(-1,-), solved with a dense solve rather than our closed form.
+    C = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 0]])
+    D = np.array([[0, 0, 0], [0, 0, 1], [0, 0, 0]])
+    B = np.block([[C, C], [C, D]])
+    mus = []
+    for i in range(m):
+        r = np.array([1, p1[i], p0[i], cb1, 0.5 * (1 + acc[i] - p0[i]), cb1 * p0[i]])
+        e = np.abs(np.linalg.solve(B, r))
+        e /= e.sum()
+        mus.append(e)
+    mus = np.array(mus)
+    level = np.where(Lfs == 1, 0, np.where(Lfs == 0, 1, 2))
+    pos = np.prod(mus[np.arange(m), level], axis=1) / cb1 ** (m - 2)
+    neg = np.prod(mus[np.arange(m), level + 3], axis=1) / (1 - cb1) ** (m - 2)
+    return pos / (pos + neg), mus[:, 0] + mus[:, 5]
+
+
+@pytest.mark.parametrize("method", ["triplet_mean", "triplet_median"])
+def test_matches_numpy_transcription_of_original(youtube, method):
+    fs = FlyingSquid(solve_method=method).fit(youtube["L_train"], class_balance=[0.4, 0.6])
+    p_ref, acc_ref = _numpy_reference(youtube["L_train"], 0.6, method)
+    np.testing.assert_allclose(fs.estimated_accuracies(), acc_ref, atol=1e-5)
+    np.testing.assert_allclose(fs.predict_proba(youtube["L_train"])[:, 1], p_ref, atol=1e-4)
+
+
+def test_youtube_parity_published_numbers(youtube):
+    """Reference notes 7.4: original FlyingSquid, cb [0.4, 0.6], triplet_median -> acc 0.8360, F1 0.8161."""
+    fs = FlyingSquid(solve_method="triplet_median").fit(youtube["L_train"], class_balance=[0.4, 0.6])
+    # The original thresholds predict_proba_marginalized > 0.5 (ties -> class 0).
+    pred = (fs.predict_proba(youtube["L_test"])[:, 1] > 0.5).astype(int)
+    Y = youtube["Y_test"]
+    acc = np.mean(pred == Y)
+    tp = np.sum((pred == 1) & (Y == 1))
+    f1 = 2 * tp / (np.sum(pred == 1) + np.sum(Y == 1))
+    assert acc == pytest.approx(0.8360, abs=5e-4)
+    assert f1 == pytest.approx(0.8161, abs=5e-4)
+    scores = fs.score(youtube["L_test"], Y, ["accuracy", "f1"])
+    assert scores["accuracy"] == pytest.approx(0.836, abs=5e-4)  # no exact ties with this prior
+    # Second measured row of 7.4: triplet_mean, uniform class balance -> 0.7840 / 0.7158.
+    fs = FlyingSquid(solve_method="triplet_mean").fit(youtube["L_train"])
+    pred = (fs.predict_proba(youtube["L_test"])[:, 1] > 0.5).astype(int)
+    assert np.mean(pred == Y) == pytest.approx(0.7840, abs=5e-4)
+
+
+@pytest.mark.parametrize("m", [5, 20])
+def test_accuracies_converge_as_n_grows(m, key):
+    """Joint accuracies P(lf = Y) recovered to within 0.06 / 0.02 / 0.008 at n = 1e3 / 1e4 / 1e5."""
+    rng = np.random.default_rng(m)
+    acc = rng.uniform(0.65, 0.9, m)
+    cov = rng.uniform(0.3, 0.9, m)
+    truth = acc * cov
+    errs = []
+    for n, tol in [(1_000, 0.06), (10_000, 0.03), (100_000, 0.008)]:
+        L, _ = sample_label_matrix(jax.random.fold_in(key, n), n, acc, cov, [0.35, 0.65])
+        fs = FlyingSquid(solve_method="triplet_median").fit(L, class_balance=[0.35, 0.65])
+        err = np.abs(fs.estimated_accuracies() - truth).max()
+        assert err < tol, (n, err)
+        errs.append(err)
+    assert errs[-1] < errs[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("m", [5, 20, 100])
+def test_accuracies_converge_large_n(m, key):
+    rng = np.random.default_rng(100 + m)
+    acc = rng.uniform(0.65, 0.9, m)
+    cov = rng.uniform(0.2, 0.9, m)
+    L, Y = sample_label_matrix(key, 1_000_000, acc, cov, [0.5, 0.5])
+    for method in ("triplet_mean", "triplet_median"):
+        fs = FlyingSquid(solve_method=method, posterior="bayes").fit(L)
+        assert np.abs(fs.estimated_accuracies() - acc * cov).max() < 0.004
+
+
+def test_single_triplet_method(key):
+    acc = np.array([0.85, 0.8, 0.75, 0.7, 0.9, 0.8, 0.7])
+    cov = np.full(7, 0.6)
+    L, _ = sample_label_matrix(key, 100_000, acc, cov, [0.5, 0.5])
+    fs = FlyingSquid(solve_method="triplet").fit(L)
+    assert np.abs(fs.estimated_accuracies() - acc * cov).max() < 0.02
+    # every LF gets exactly one triplet whose members are distinct from it
+    p = fs._partners
+    assert np.all(p[:, 0] != np.arange(7)) and np.all(p[:, 1] != np.arange(7)) and np.all(p[:, 0] < p[:, 1])
+
+
+def test_class_balance_from_dev_labels(key):
+    L, Y = sample_label_matrix(key, 20_000, [0.8] * 4, [0.5] * 4, [0.3, 0.7])
+    fs = FlyingSquid().fit(L, Y_dev=Y[:1000])
+    np.testing.assert_allclose(fs.class_balance_, np.bincount(Y[:1000], minlength=2) / 1000)
+    assert FlyingSquid().fit(L).class_balance_.tolist() == [0.5, 0.5]
+
+
+def test_multiclass_one_vs_rest(key):
+    acc = np.array([0.8, 0.7, 0.75, 0.85, 0.65, 0.8])
+    cov = np.array([0.6, 0.5, 0.8, 0.4, 0.7, 0.5])
+    cb = [0.2, 0.3, 0.5]
+    L, Y = sample_label_matrix(key, 100_000, acc, cov, cb)
+    fs = FlyingSquid(cardinality=3, solve_method="triplet_median").fit(L, class_balance=cb)
+    assert np.abs(fs.estimated_accuracies() - acc * cov).max() < 0.015
+    p = fs.predict_proba(L[:500])
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    from jaxflash.ws import MajorityVote
+
+    assert (
+        fs.score(L, Y)["accuracy"]
+        > MajorityVote(3, class_balance=cb).score(L, Y, tie_policy="prior")["accuracy"] - 0.005
+    )
+    soft = FlyingSquid(cardinality=3, multiclass_normalization="softmax").fit(L, class_balance=cb)
+    ps = soft.predict_proba(L[:50])
+    np.testing.assert_allclose(ps.sum(axis=1), 1.0, atol=1e-6)
+    assert ps.max() < p.max()  # a softmax of probabilities is flatter (WRENCH's quirk)
+
+
+def test_temporal_chain_model(key):
+    acc = [0.8, 0.7, 0.75, 0.85]
+    cov = [0.5, 0.6, 0.4, 0.7]
+    L, Y = sample_temporal(key, 40_000, 3, acc, cov, p_pos=0.4, persistence=0.8)
+    fs = FlyingSquid(v=3, posterior="bayes").fit(L, Y_dev=Y[:2000])
+    truth = np.tile(np.array(acc) * np.array(cov), 3)
+    assert np.abs(fs.estimated_accuracies() - truth).max() < 0.02
+    p = fs.predict_proba(L[:7])
+    assert p.shape == (7, 8)
+    marg = fs.predict_proba_marginalized(L[:7])
+    assert marg.shape == (7, 3, 2)
+    np.testing.assert_allclose(marg.sum(-1), 1.0, atol=1e-6)
+    # the chain prior helps: better than the per-frame model of frame 1 alone
+    single = FlyingSquid(posterior="bayes").fit(L[:, 4:8], Y_dev=Y[:2000, 1])
+    acc_chain = np.mean(fs.predict(L)[:, 1] == Y[:, 1])
+    acc_single = np.mean(single.predict(L[:, 4:8], tie_policy="prior") == Y[:, 1])
+    assert acc_chain > acc_single + 0.01
+    assert fs.predict(L).shape == Y.shape
+
+
+def test_known_dependency_improves_fit(key):
+    acc = np.array([0.8, 0.7, 0.75, 0.85, 0.7, 0.8])
+    cov = np.full(6, 0.7)
+    L, Y = sample_label_matrix(key, 100_000, acc, cov, [0.5, 0.5], dependent_pairs=((0, 1),), copy_prob=0.8)
+    plain = FlyingSquid(solve_method="triplet_median", posterior="bayes").fit(L)
+    dep = FlyingSquid(solve_method="triplet_median", posterior="bayes", lambda_edges=[(0, 1)]).fit(L)
+    # with the edge, no triplet uses the pair (0, 1) together
+    assert not dep._mask[0, 1, :].any() and not dep._mask[:, 0, 1].any()
+    truth = acc * cov
+    assert np.abs(dep.estimated_accuracies()[2:] - truth[2:]).max() < 0.015
+    assert dep.score(L, Y)["accuracy"] > plain.score(L, Y)["accuracy"]
+    pm = dep.pair_mu_[0, 0]
+    np.testing.assert_allclose(pm.sum(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(pm.sum(axis=1), dep.mu_[0, 0], atol=2e-3)  # matches mu_0 after IPF
+
+
+def test_online_refits_on_rolling_buffer(key):
+    L, Y = sample_label_matrix(key, 3_000, [0.85, 0.8, 0.75, 0.9], [0.6] * 4, [0.5, 0.5])
+    online = OnlineFlyingSquid(buffer_capacity=500, update_frequency=100, posterior="bayes")
+    with pytest.raises(ValueError, match="not fitted"):
+        online.predict_proba(L[:3])
+    for start in range(0, 3_000, 250):
+        online.partial_fit(L[start : start + 250])
+    assert online.n_refits == 30
+    np.testing.assert_array_equal(online.buffer, L[-500:])
+    batch = FlyingSquid(posterior="bayes").fit(L[-500:])
+    np.testing.assert_allclose(online.predict_proba(L[:100]), batch.predict_proba(L[:100]), atol=1e-6)
+
+
+def test_all_abstain_rows_get_the_prior(youtube):
+    L = youtube["L_train"]
+    empty = np.full((3, L.shape[1]), -1)
+    bayes = FlyingSquid(posterior="bayes").fit(L, class_balance=[0.4, 0.6])
+    np.testing.assert_allclose(bayes.predict_proba(empty), [[0.4, 0.6]] * 3, atol=1e-5)
+    fs = FlyingSquid().fit(L, class_balance=[0.4, 0.6])  # original: the prior enters squared
+    np.testing.assert_allclose(fs.predict_proba(empty), [[0.16 / 0.52, 0.36 / 0.52]] * 3, atol=1e-5)
+    uniform = FlyingSquid().fit(L)
+    assert np.all(uniform.predict(empty) == -1)  # a 50/50 row is a tie -> abstain by default
+    assert np.all(uniform.predict(empty, tie_policy="prior") == 0)
+
+
+def test_bad_input_raises_value_error(youtube):
+    L = youtube["L_train"]
+    fs = FlyingSquid()
+    with pytest.raises(ValueError, match="at least 3"):
+        fs.fit(L[:, :2])
+    with pytest.raises(ValueError, match="2-D"):
+        fs.fit(L[:, 0])
+    with pytest.raises(ValueError, match="cardinality=2"):
+        fs.fit(np.where(L == 1, 2, L))
+    with pytest.raises(ValueError, match="convention"):
+        fs.fit(to_flyingsquid(L) - 1)
+    bad = L.astype(float)
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fs.fit(bad)
+    silent = L.copy()
+    silent[:, 2] = -1
+    with pytest.raises(ValueError, match="never vote"):
+        fs.fit(silent)
+    with pytest.raises(ValueError, match="Y_dev"):
+        fs.fit(L, Y_dev=np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="Y_dev"):
+        FlyingSquid(v=2).fit(np.concatenate([L[:, :5], L[:, 5:]], axis=1), Y_dev=np.array([0, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        fs.fit(L, class_balance=[0.2, 0.3, 0.5])
+    with pytest.raises(ValueError, match="zero prior"):
+        fs.fit(L, class_balance=[0.0, 1.0])
+    with pytest.raises(ValueError, match="not fitted"):
+        FlyingSquid().predict_proba(L)
+    fs.fit(L)
+    with pytest.raises(ValueError, match="columns"):
+        fs.predict_proba(L[:, :9])
+    with pytest.raises(ValueError, match="solve_method"):
+        FlyingSquid(solve_method="sgd")
+    with pytest.raises(ValueError, match="multiple of v"):
+        FlyingSquid(v=3).fit(L)
+    with pytest.raises(ValueError, match="lambda_edges"):
+        FlyingSquid(lambda_edges=[(0, 10)]).fit(L)
+
+
+def test_save_load_roundtrip(youtube, tmp_path):
+    fs = FlyingSquid(solve_method="triplet_median", lambda_edges=[(0, 1)]).fit(
+        youtube["L_train"], class_balance=[0.4, 0.6]
+    )
+    path = tmp_path / "fs.npz"
+    fs.save(path)
+    again = FlyingSquid.load(path)
+    assert again.solve_method == "triplet_median" and again.lambda_edges == [(0, 1)]
+    np.testing.assert_array_equal(again.predict_proba(youtube["L_test"]), fs.predict_proba(youtube["L_test"]))
+    with np.load(path, allow_pickle=False) as data:  # readable without pickle
+        assert "mu" in data.files
+
+
+def test_warm_fit_does_not_recompile(key):
+    L1, _ = sample_label_matrix(key, 2_000, [0.8] * 6, [0.5] * 6, [0.5, 0.5])
+    L2, _ = sample_label_matrix(jax.random.fold_in(key, 1), 2_000, [0.7] * 6, [0.6] * 6, [0.5, 0.5])
+    from jaxflash.ws.flyingsquid import _frame_scores, _moments
+
+    FlyingSquid().fit(L1).predict_proba(L1)
+    sizes = _moments._cache_size(), _frame_scores._cache_size()
+    FlyingSquid().fit(L2).predict_proba(L2)
+    FlyingSquid().fit(L2[:1990]).predict_proba(L2[:1990])  # same row bucket
+    assert (_moments._cache_size(), _frame_scores._cache_size()) == sizes
+
+
+def test_zero_overlap_triplets_keep_or_drop(key):
+    """LFs 0 and 1 never vote together: M_01 = 0, so triplets using that pair are 0 (kept) or dropped."""
+    acc = np.array([0.8, 0.8, 0.75, 0.85, 0.7])
+    L, _ = sample_label_matrix(key, 20_000, acc, [0.5] * 5, [0.5, 0.5])
+    L[L[:, 0] != -1, 1] = -1  # LF 1 abstains wherever LF 0 votes
+    keep = FlyingSquid(solve_method="triplet_mean").fit(L)
+    drop = FlyingSquid(solve_method="triplet_mean", drop_zero_triplets=True).fit(L)
+    # LF 2..4 each have 6 candidate pairs, one of them (0, 1): kept as 0, the mean is 5/6 of the dropped one
+    np.testing.assert_allclose(keep.a_[0, 2:], drop.a_[0, 2:] * 5 / 6, rtol=1e-6)
+    truth = 2 * acc[2:] - 1  # E[lambda Y] given a vote, times the 0.5 coverage
+    np.testing.assert_allclose(drop.a_[0, 2:], 0.5 * truth, atol=0.03)
+
+
+def test_multiclass_all_abstain_rows_and_online_silent_lf(key):
+    L, _ = sample_label_matrix(key, 5_000, [0.8] * 5, [0.6] * 5, [0.2, 0.3, 0.5])
+    fs = FlyingSquid(cardinality=3, posterior="bayes").fit(L, class_balance=[0.2, 0.3, 0.5])
+    p = fs.predict_proba(np.full((2, 5), -1))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    assert np.all(np.argmax(p, axis=1) == 2)  # the most likely class a priori
+    # an LF silent in the whole buffer is tolerated online (accuracy 0, no effect on the posterior)
+    online = OnlineFlyingSquid(buffer_capacity=200, update_frequency=200, cardinality=3)
+    Ls = L[:200].copy()
+    Ls[:, 4] = -1
+    online.partial_fit(Ls)
+    assert online.n_refits == 1 and online.model.estimated_accuracies()[4] == 0.0
+    assert np.all(np.isfinite(online.predict_proba(L[:10])))
