@@ -1,0 +1,251 @@
+"""Monarch: ``MonarchLinear`` against a dense matmul of the same size (issue 5).
+
+For ``d`` in (1024, 4096, 16384), sqrt(d) blocks, 4096 rows of f32: the forward pass and the forward
+plus backward pass (gradients for the input and the weights). A Monarch product costs
+``4 d sqrt(d)`` FLOPs per row against ``2 d^2`` dense, a FLOP ratio of ``sqrt(d) / 2`` (16, 32,
+64); the ``speedup`` column is the realized time ratio. The GFLOP/s column counts the dense FLOPs
+for every candidate, so it reads as an effective rate. Where ``d <= 4096`` the dense baseline
+multiplies by the densified Monarch matrix, so both compute the same function and the error
+column checks both against a float64 evaluation.
+
+Peer: m2's fast path (two ``torch.bmm`` with the block index leading), when torch is installed.
+"""
+
+# ruff: noqa: E741  (the m2 factor-shape letters k, q, p, l, s, r)
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxflash.bench.harness import Candidate, Case, GpuCheck, Suite
+
+DEFAULT_SIZES = (1024, 4096, 16384)
+QUICK_SIZES = (256, 1024)
+GPU_SIZES = (1024, 4096, 16384)
+ROWS = 4096
+QUICK_ROWS = 512
+# Above this the float64 check and the densified baseline cost more than the benchmark itself.
+_MAX_CHECKED_D = 4096
+
+
+def _factors(d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    b = math.isqrt(d)
+    rng = np.random.default_rng(seed)
+    bound = b**-0.5  # the layer's init: U(+-1/sqrt(block fan-in))
+    w1 = rng.uniform(-bound, bound, (b, b, b)).astype(np.float32)
+    w2 = rng.uniform(-bound, bound, (b, b, b)).astype(np.float32)
+    return w1, w2
+
+
+def _monarch_f64(x: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    """The m2 two-product form in float64 NumPy: the error column's ground truth."""
+    k, q, p = w1.shape
+    l, s, r = w2.shape
+    x3 = x.astype(np.float64).reshape(-1, k, p).transpose(1, 0, 2)
+    h = np.matmul(x3, w1.astype(np.float64).transpose(0, 2, 1))  # (k, B, q)
+    h = h.transpose(1, 0, 2).reshape(-1, r, l).transpose(2, 0, 1)  # (l, B, r)
+    z = np.matmul(h, w2.astype(np.float64).transpose(0, 2, 1))  # (l, B, s)
+    return z.transpose(1, 2, 0).reshape(-1, s * l)
+
+
+def _cases(sizes: Sequence[int] | None, quick: bool) -> list[Case]:
+    cases = []
+    rows = QUICK_ROWS if quick else ROWS
+    for d in sizes or (QUICK_SIZES if quick else DEFAULT_SIZES):
+        b = math.isqrt(d)
+        if b * b != d:
+            raise ValueError(f"the monarch suite uses sqrt(d) blocks; d={d} is not a perfect square")
+        seed = d
+        dense_flops = 2.0 * rows * d * d
+        monarch_flops = 2.0 * rows * 2 * b**3
+        checked = d <= _MAX_CHECKED_D
+        for mode in ("fwd", "fwd+bwd"):
+            factor = 1.0 if mode == "fwd" else 3.0  # backward: one product for dx, one for dW
+            config = {"d": d, "blocks": b, "rows": rows, "dtype": "float32", "pass": mode,
+                      "FLOP ratio": f"{dense_flops / monarch_flops:.0f}x"}
+            candidates = [
+                Candidate("dense jnp.matmul", _dense_setup(d, rows, seed, mode, checked)),
+                Candidate("MonarchLinear xla", _monarch_setup(d, rows, seed, mode, "xla")),
+                Candidate("MonarchLinear pallas", _monarch_setup(d, rows, seed, mode, "pallas")),
+                Candidate("m2 torch.bmm", _torch_setup(d, rows, seed, mode), requires=("torch",), peer=True),
+            ]
+            reference = None
+            if checked and mode == "fwd":
+                reference = _reference(d, rows, seed)
+            cases.append(Case(config=config, candidates=tuple(candidates), baseline="dense jnp.matmul",
+                              reference=reference, flops=factor * dense_flops))
+    return cases
+
+
+def _inputs(d: int, rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed + 1).standard_normal((rows, d), dtype=np.float32)
+
+
+def _reference(d: int, rows: int, seed: int):
+    def run() -> np.ndarray:
+        return _monarch_f64(_inputs(d, rows, seed), *_factors(d, seed))
+
+    return run
+
+
+def _dense_setup(d: int, rows: int, seed: int, mode: str, densify: bool):
+    def setup():
+        import jax
+        import jax.numpy as jnp
+
+        from jaxflash import monarch
+
+        x = jnp.asarray(_inputs(d, rows, seed))
+        if densify:
+            w = monarch.to_dense(*(jnp.asarray(a) for a in _factors(d, seed))).T  # (in, out)
+        else:
+            w = jax.random.normal(jax.random.key(seed), (d, d), jnp.float32) * d**-0.5
+        if mode == "fwd":
+            f = jax.jit(jnp.matmul)
+            return lambda: f(x, w)
+        ct = jnp.ones((rows, d), jnp.float32)
+        g = jax.jit(jax.grad(lambda x, w: jnp.vdot(jnp.matmul(x, w), ct), argnums=(0, 1)))
+        return lambda: g(x, w)
+
+    return setup
+
+
+def _monarch_setup(d: int, rows: int, seed: int, mode: str, implementation: str):
+    def setup():
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        from jaxflash.models.monarch import MonarchLinear
+
+        layer = MonarchLinear(d, d, use_bias=False, implementation=implementation, rngs=nnx.Rngs(0))
+        w1, w2 = _factors(d, seed)
+        layer.w1[...] = jnp.asarray(w1)
+        layer.w2[...] = jnp.asarray(w2)
+        graphdef, params = nnx.split(layer)
+        x = jnp.asarray(_inputs(d, rows, seed))
+
+        def forward(params, x):
+            return nnx.merge(graphdef, params)(x)
+
+        # Fail here (reported as skipped) when the implementation cannot serve this device.
+        jax.eval_shape(forward, params, x)
+        if mode == "fwd":
+            f = jax.jit(forward)
+            return lambda: f(params, x)
+        ct = jnp.ones((rows, d), jnp.float32)
+        g = jax.jit(jax.grad(lambda params, x: jnp.vdot(forward(params, x), ct), argnums=(0, 1)))
+        return lambda: g(params, x)
+
+    return setup
+
+
+def _torch_setup(d: int, rows: int, seed: int, mode: str):
+    def setup():
+        import torch
+
+        w1, w2 = (torch.from_numpy(a) for a in _factors(d, seed))
+        k, q, p = w1.shape
+        l, s, r = w2.shape
+        x = torch.from_numpy(_inputs(d, rows, seed))
+        w1t = w1.transpose(1, 2).contiguous()  # (k, p, q)
+        w2t = w2.transpose(1, 2).contiguous()  # (l, r, s)
+
+        def forward(x, w1t, w2t):
+            h = torch.bmm(x.reshape(rows, k, p).transpose(0, 1), w1t)  # (k, B, q)
+            h = h.transpose(0, 1).reshape(rows, r, l).permute(2, 0, 1)  # (l, B, r)
+            return torch.bmm(h, w2t).permute(1, 2, 0).reshape(rows, s * l)
+
+        if mode == "fwd":
+            def run():
+                with torch.no_grad():
+                    return forward(x, w1t, w2t)
+            return run
+        xg, w1g, w2g = (a.clone().requires_grad_(True) for a in (x, w1t, w2t))
+
+        def run_bwd():
+            for a in (xg, w1g, w2g):
+                a.grad = None
+            forward(xg, w1g, w2g).sum().backward()
+            return xg.grad
+
+        return run_bwd
+
+    return setup
+
+
+SUITE = Suite(
+    name="monarch",
+    description="MonarchLinear (sqrt(d) blocks) vs a dense matmul of the same size, fwd and fwd+bwd, f32",
+    cases=_cases,
+)
+
+
+# --- GPU checks: the compiled kernel against the dense reference -----------------------------------
+
+
+# What the checks run; a CPU dry run of their logic sets "pallas_interpret".
+GPU_IMPLEMENTATION = "pallas"
+
+
+def _gpu_check(w1_shape, w2_shape, rows: int, dtype_name: str, grads: bool) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+
+    import jaxflash
+    from jaxflash.testing import assert_close, random_normal, tolerance
+
+    dtype = jnp.dtype(dtype_name)
+    keys = jax.random.split(jax.random.key(0), 4)
+    n = w1_shape[0] * w1_shape[2]
+    x = random_normal(keys[0], (rows, n))
+    # 2-D draws, reshaped: threefry compiles slowly for 3-D shapes.
+    w1, w2 = (
+        random_normal(kk, (shape[0], shape[1] * shape[2])).reshape(shape) * shape[2] ** -0.5
+        for kk, shape in ((keys[1], w1_shape), (keys[2], w2_shape))
+    )
+
+    def kernel(x, w1, w2):
+        return jaxflash.monarch_matmul(x, w1, w2, implementation=GPU_IMPLEMENTATION)
+
+    def reference(x, w1, w2):
+        return jaxflash.monarch_matmul(x, w1, w2, implementation="reference")
+
+    # f32 runs with IEEE dots; each output sums p + r unit-scale products, hence the scale.
+    scale = 8.0 if dtype == jnp.float32 else 2.0
+    tol = tolerance(dtype, scale=scale)
+    args = tuple(a.astype(dtype) for a in (x, w1, w2))
+    expected = jax.jit(reference)(x, w1, w2)
+    actual = jax.jit(kernel)(*args)
+    assert_close(actual, expected, dtype=dtype, scale=scale, err_msg="forward")
+    err = float(jnp.max(jnp.abs(actual.astype(jnp.float32) - expected)))
+    out = {"max_abs_err": err, "atol": tol["atol"], "rtol": tol["rtol"]}
+    if grads:
+        ct = random_normal(keys[3], expected.shape)
+        _, vjp = jax.vjp(kernel, *args)
+        _, ref_vjp = jax.vjp(reference, x, w1, w2)
+        # Weight gradients sum over `rows` terms of unit scale.
+        g_scale = scale * math.sqrt(rows) / 4
+        grads = jax.jit(vjp)(ct.astype(dtype))
+        for name, g, rg in zip(("dx", "dw1", "dw2"), grads, ref_vjp(ct), strict=True):
+            assert_close(g, rg, dtype=dtype, scale=g_scale, err_msg=name)
+            out[f"{name}_max_abs_err"] = float(jnp.max(jnp.abs(g.astype(jnp.float32) - rg)))
+    return out
+
+
+GPU_CHECKS = (
+    GpuCheck("monarch fused kernel f32, n=1024, 1000 rows (fwd+grads)",
+             lambda: _gpu_check((32, 32, 32), (32, 32, 32), 1000, "float32", grads=True)),
+    GpuCheck("monarch fused kernel bf16, n=1024, 1000 rows (fwd+grads)",
+             lambda: _gpu_check((32, 32, 32), (32, 32, 32), 1000, "bfloat16", grads=True)),
+    GpuCheck("monarch fused kernel f32, rectangular 1024 -> 2048",
+             lambda: _gpu_check((64, 32, 16), (32, 64, 64), 512, "float32", grads=True)),
+    GpuCheck("monarch fused kernel f32, n=16384 (128 blocks), 256 rows",
+             lambda: _gpu_check((128, 128, 128), (128, 128, 128), 256, "float32", grads=False)),
+    GpuCheck("monarch fused kernel bf16, n=4096, 4096 rows",
+             lambda: _gpu_check((64, 64, 64), (64, 64, 64), 4096, "bfloat16", grads=False)),
+)
