@@ -24,6 +24,7 @@ _PUBLIC: dict[str, str] = {
     "decode_attention": "jaxflash.ops.attention",
     "fftconv": "jaxflash.ops.fftconv",
     "short_conv": "jaxflash.ops.fftconv",
+    "bidirectional_kernel": "jaxflash.ops.fftconv",
     "monarch_matmul": "jaxflash.ops.monarch",
     "blockdiag_matmul": "jaxflash.ops.monarch",
     "monarch": "jaxflash.ops.monarch:",

@@ -215,7 +215,10 @@ def measure_peak_memory(
     device allocator's peak. None when it could not be measured.
     """
     spec = json.dumps(dict(suite=suite_name, case=case_index, candidate=candidate, sizes=sizes, quick=quick))
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    # A fixed mmap threshold makes glibc return every large freed buffer to the OS at once; with its
+    # default, adaptive threshold the warm-up call's freed buffers stay resident and the measured
+    # call reuses them, so its temporaries would not show in the high-water mark.
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", MALLOC_MMAP_THRESHOLD_="131072")
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "jaxflash.bench.harness", spec],
@@ -247,6 +250,7 @@ def _memory_child(spec: dict[str, Any]) -> float | None:
         sync(thunk())
         peak = (device.memory_stats() or {}).get("peak_bytes_in_use")
         return None if peak is None else max(peak - before, 0) / 2**20
+    _release_free_memory()
     if not _reset_rss_peak():
         return None
     before = _status_kib("VmRSS")
@@ -260,6 +264,17 @@ def _accelerator():
 
     dev = jax.devices()[0]
     return None if dev.platform == "cpu" else dev
+
+
+def _release_free_memory() -> None:
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the fixed mmap threshold has to do
+        pass
 
 
 def _reset_rss_peak() -> bool:

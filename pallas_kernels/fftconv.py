@@ -1,0 +1,525 @@
+"""FlashFFTConv (Fu, Kumbong, Nguyen and Re, arXiv 2311.05908) as a Pallas kernel.
+
+Computes the gated depthwise long convolution every H3 / Hyena / M2 mixer reduces to::
+
+    x = pre_gate * u
+    y = post_gate * (irfft(rfft(x, N) * rfft(k, N), N)[:L] + skip * x)
+
+with ``u`` of length ``L`` per (batch, channel), ``k`` of length ``L_k`` per channel and FFT size ``N``
+(``N >= L + L_k - 1`` makes the circular convolution a causal linear one; a length-``N`` kernel gives
+the circular, bidirectional form).
+
+The FFT of size ``N = N1 * N2`` is the order-2 Monarch decomposition (the paper's eq. 2, section 3.1).
+Viewing a signal as ``X[n1, n2] = x[n1 * N2 + n2]``::
+
+    A = F_{N1} @ X            (DFT over n1, a dense complex matmul)
+    A = A * T,  T[k1, n2] = w_N^(k1 * n2)          (twiddle factors)
+    B = A @ F_{N2}            so that B[k1, k2] = X_hat[k1 + N1 * k2]
+
+``B`` is the spectrum in digit-reversed order. Instead of permuting it, the kernel's spectrum is
+permuted once the same way (``K_perm[k1, k2] = K[k1 + N1 * k2]``), multiplied pointwise, and the
+inverse (conjugate matrices and twiddles, stages reversed, ``1/N`` folded into the twiddles) returns
+to natural order: no data permutation is ever materialized. Real and imaginary parts are separate real
+matmuls accumulated in f32.
+
+Work is skipped, not zeroed after the fact (the paper's partial and frequency-sparse convolutions,
+section 3.3):
+
+- implicit zero padding: only the first ``M = ceil(L / N2)`` rows of ``X`` are nonzero, so the first
+  stage multiplies by ``F_{N1}[:, :M]``; only the first ``M`` output rows are computed by the last
+  inverse stage; the kernel-gradient kernel computes only the rows holding lags below ``L_k``;
+- frequency-sparse: with only the lowest frequencies kept, only the columns ``k2`` of ``B`` that hold
+  a kept frequency are computed, multiplied and inverted.
+
+Gradients are correlations computed with the same stages: ``dx = corr(dz, k)`` is the forward kernel
+with the conjugate kernel spectrum, and ``dk = sum_b corr(dz_b, x_b)`` accumulates
+``conj(X_hat) * dZ_hat`` over the batch in the frequency domain before one inverse transform.
+
+Order 2 only: the on-chip working set is ``N1 x N2`` complex values per signal, which limits the
+compiled kernel to ``N <= MAX_FFT_SIZE``; longer sequences are served by the XLA path (the dispatcher
+falls back). FlashFFTConv's order-3/4 decompositions are not implemented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jaxflash.pallas_kernels.common import cdiv, compiler_params
+
+# Largest FFT size the compiled (GPU) kernel takes: at 8K a complex 128 x 64 f32 plane is 64 KiB, and
+# a program holds several of them plus the DFT matrices; FlashFFTConv switches to order 3 at 4K.
+MAX_FFT_SIZE = 8192
+# Triton's tl.dot needs every matmul dimension >= 16, so N1 and N2 are at least 16 when compiled.
+MIN_COMPILED_FFT_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class FFTConvConfig:
+    """Launch parameters of the kernels.
+
+    Attributes:
+      block_rows: batch rows (signals of one channel) handled by one program; a power of two. The
+        kernel spectrum and DFT matrices are loaded once per program and reused over these rows.
+      num_warps: Triton warps per program; None: 4 up to FFT size 1024, else 8.
+      num_stages: Triton software-pipelining stages.
+      min_dim: smallest matmul dimension of the plan (rows and kept columns are padded up to it);
+        None: 16 when compiled (Triton's tl.dot), 1 when interpreted. Tests set 16 to run the
+        compiled plan's shapes in interpret mode.
+    """
+
+    block_rows: int = 4
+    num_warps: int | None = None
+    num_stages: int = 1
+    min_dim: int | None = None
+
+
+# --- plan: factor sizes, kept columns, DFT matrices ------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    n: int  # FFT size
+    n1: int
+    n2: int
+    rows_in: int  # M: rows of X that hold input (power of two)
+    rows_out: int  # rows of the output the last inverse stage computes (power of two)
+    rows_dk: int  # rows of the kernel gradient computed (lags < kernel_len)
+    cols: tuple[int, ...]  # kept k2 columns of the digit-reversed spectrum
+    keep_frequencies: int | None
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def factor(n: int) -> tuple[int, int]:
+    """``(N1, N2)`` with ``N1 * N2 = n``, both powers of two, ``N1 >= N2`` and as square as possible."""
+    if n < 4 or n & (n - 1):
+        raise ValueError(f"the Pallas FFT convolution needs a power-of-two FFT size >= 4, got {n}")
+    log = n.bit_length() - 1
+    n1 = 1 << ((log + 1) // 2)
+    return n1, n // n1
+
+
+def kept_frequency_mask(n: int, keep_frequencies: int | None) -> np.ndarray:
+    """Boolean mask over the ``n`` bins of a complex FFT: True where ``min(f, n - f) < keep``.
+
+    This is the complex-FFT form of keeping rfft bins ``0 .. keep - 1``, so the result stays real.
+    """
+    f = np.arange(n)
+    if keep_frequencies is None:
+        return np.ones(n, bool)
+    return np.minimum(f, n - f) < keep_frequencies
+
+
+def make_plan(
+    seq_len: int, kernel_len: int, n: int, keep_frequencies: int | None, min_dim: int = 1
+) -> _Plan:
+    """Sizes of every stage; ``min_dim`` is the smallest matmul dimension allowed (16 for Triton)."""
+    n1, n2 = factor(n)
+
+    def rows(length: int) -> int:
+        return min(max(_next_pow2(cdiv(length, n2)), min_dim), n1)
+
+    mask = kept_frequency_mask(n, keep_frequencies).reshape(n2, n1)  # [k2, k1]: bin k1 + n1 * k2
+    cols = [k2 for k2 in range(n2) if mask[k2].any()]
+    # Pad the kept columns to a power of two (Triton block dims) with dropped columns; their kernel
+    # spectrum is zeroed, so they contribute nothing.
+    want = min(max(_next_pow2(len(cols)), min_dim), n2)
+    extra = [k2 for k2 in range(n2) if k2 not in cols][: want - len(cols)]
+    cols = sorted(cols + extra)
+    return _Plan(n, n1, n2, rows(seq_len), rows(seq_len), rows(kernel_len), tuple(cols), keep_frequencies)
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(n: int, n1: int, n2: int, rows_in: int, rows_out: int, cols: tuple[int, ...]):
+    """DFT matrices and twiddles of the plan, in float64 NumPy (cast at the call)."""
+    w1 = np.exp(-2j * np.pi * np.outer(np.arange(n1), np.arange(n1)) / n1)
+    w2 = np.exp(-2j * np.pi * np.outer(np.arange(n2), np.arange(n2)) / n2)
+    tw = np.exp(-2j * np.pi * np.outer(np.arange(n1), np.arange(n2)) / n)
+    cols_ = np.asarray(cols)
+    return dict(
+        f1=w1[:, :rows_in],  # forward stage 1: only the rows of X that hold input
+        tw=tw,
+        f2=w2[:, cols_],  # forward stage 2: only the kept columns
+        g2=np.conj(w2)[cols_, :],  # inverse stage 1
+        tw_inv=np.conj(tw) / n,  # inverse twiddles with the 1/N of the inverse DFT
+        g1=np.conj(w1)[:rows_out, :],  # inverse stage 2: only the output rows needed
+    )
+
+
+def _split(z: np.ndarray, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    return jnp.asarray(z.real, dtype), jnp.asarray(z.imag, dtype)
+
+
+def _consts_for(plan: _Plan, rows_out: int, matmul_dtype: Any) -> list[jax.Array]:
+    c = _constants(plan.n, plan.n1, plan.n2, plan.rows_in, rows_out, plan.cols)
+    out = []
+    for name in ("f1", "tw", "f2", "g2", "tw_inv", "g1"):
+        # Twiddles multiply elementwise in f32; DFT matrices are matmul operands.
+        dtype = jnp.float32 if name.startswith("tw") else matmul_dtype
+        out.extend(_split(c[name], dtype))
+    return out
+
+
+def kernel_spectrum(k: jax.Array, plan: _Plan) -> tuple[jax.Array, jax.Array]:
+    """The kernel's FFT in the digit-reversed layout, kept columns only: ``[C, N1, Q]`` real, imag.
+
+    ``k`` is ``[kernel_len, C]``; as in FlashFFTConv the kernel FFT is computed once per call by XLA.
+    """
+    kf = jnp.fft.fft(k.astype(jnp.float32).T, n=plan.n, axis=-1)  # [C, N]
+    mask = jnp.asarray(kept_frequency_mask(plan.n, plan.keep_frequencies))
+    kf = jnp.where(mask, kf, 0)
+    kp = kf.reshape(kf.shape[0], plan.n2, plan.n1).transpose(0, 2, 1)[:, :, np.asarray(plan.cols)]
+    return jnp.real(kp), jnp.imag(kp)
+
+
+# --- kernel bodies -------------------------------------------------------------------------------------
+
+
+def _dot(a, b, matmul_dtype, precision):
+    return jnp.dot(a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=jnp.float32,
+                   precision=precision)
+
+
+def _forward_fft(x, f1r, f1i, twr, twi, f2r, f2i, mm):
+    """Real ``x`` [M, N2] (rows of X; the rest are zero) -> digit-reversed spectrum [N1, Q]."""
+    ar, ai = mm(f1r, x), mm(f1i, x)
+    br, bi = ar * twr - ai * twi, ar * twi + ai * twr
+    return mm(br, f2r) - mm(bi, f2i), mm(br, f2i) + mm(bi, f2r)
+
+
+def _inverse_fft(dr, di, g2r, g2i, tvr, tvi, g1r, g1i, mm):
+    """Digit-reversed spectrum [N1, Q] -> real part of the first rows of the inverse, [rows, N2]."""
+    er, ei = mm(dr, g2r) - mm(di, g2i), mm(dr, g2i) + mm(di, g2r)
+    fr, fi = er * tvr - ei * tvi, er * tvi + ei * tvr
+    return mm(g1r, fr) - mm(g1i, fi)
+
+
+def _conv_kernel(*refs, has_pre, has_post, rows, matmul_dtype, precision):
+    """One channel, ``rows`` batch rows: y = post * (ifft(fft(pre * u) * K) + skip * pre * u)."""
+    refs = list(refs)
+    u_ref = refs.pop(0)
+    pre_ref = refs.pop(0) if has_pre else None
+    post_ref = refs.pop(0) if has_post else None
+    skip_ref, kr_ref, ki_ref = refs[:3]
+    f1r, f1i, twr, twi, f2r, f2i, g2r, g2i, tvr, tvi, g1r, g1i = (r[...] for r in refs[3:15])
+    o_ref = refs[15]
+    mm = functools.partial(_dot, matmul_dtype=matmul_dtype, precision=precision)
+    kr, ki, skip = kr_ref[...], ki_ref[...], skip_ref[...]
+    for r in range(rows):  # static: the kernel spectrum and matrices stay loaded across rows
+        x = u_ref[r].astype(jnp.float32)
+        if has_pre:
+            x = x * pre_ref[r].astype(jnp.float32)
+        cr, ci = _forward_fft(x, f1r, f1i, twr, twi, f2r, f2i, mm)
+        dr, di = cr * kr - ci * ki, cr * ki + ci * kr
+        y = _inverse_fft(dr, di, g2r, g2i, tvr, tvi, g1r, g1i, mm) + skip * x
+        if has_post:
+            y = y * post_ref[r].astype(jnp.float32)
+        o_ref[r] = y.astype(o_ref.dtype)
+
+
+def _kernel_grad_kernel(*refs, has_pre, rows, batch, matmul_dtype, precision):
+    """One channel, ``rows`` batch rows: sum_b conj(fft(pre * u)) * fft(dz), inverted once."""
+    refs = list(refs)
+    u_ref = refs.pop(0)
+    pre_ref = refs.pop(0) if has_pre else None
+    g_ref, mask_ref = refs[:2]
+    f1r, f1i, twr, twi, f2r, f2i, g2r, g2i, tvr, tvi, g1r, g1i = (r[...] for r in refs[2:14])
+    o_ref = refs[14]
+    mm = functools.partial(_dot, matmul_dtype=matmul_dtype, precision=precision)
+    first = pl.program_id(1) * rows
+    acc_r = jnp.zeros(mask_ref.shape, jnp.float32)
+    acc_i = jnp.zeros(mask_ref.shape, jnp.float32)
+    for r in range(rows):
+        # Rows past the batch are out of bounds (NaN in interpret mode, garbage on hardware): select
+        # zeros for them rather than multiplying, which would keep the NaN.
+        valid = first + r < batch
+        x = u_ref[r].astype(jnp.float32)
+        if has_pre:
+            x = x * pre_ref[r].astype(jnp.float32)
+        x = jnp.where(valid, x, 0.0)
+        g = jnp.where(valid, g_ref[r].astype(jnp.float32), 0.0)
+        xr, xi = _forward_fft(x, f1r, f1i, twr, twi, f2r, f2i, mm)
+        gr, gi = _forward_fft(g, f1r, f1i, twr, twi, f2r, f2i, mm)
+        acc_r += xr * gr + xi * gi
+        acc_i += xr * gi - xi * gr
+    mask = mask_ref[...]
+    o_ref[...] = _inverse_fft(acc_r * mask, acc_i * mask, g2r, g2i, tvr, tvi, g1r, g1i, mm)
+
+
+# --- pallas_call builders --------------------------------------------------------------------------------
+
+
+def _to_rows(x: jax.Array, plan: _Plan) -> jax.Array:
+    """[B, L, C] -> [C, B, M, N2]: each (channel, batch) signal as the first M rows of X."""
+    b, seq, c = x.shape
+    x = jnp.transpose(x, (2, 0, 1))
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, plan.rows_in * plan.n2 - seq)))
+    return x.reshape(c, b, plan.rows_in, plan.n2)
+
+
+def _matmul_dtype(dtype: Any) -> Any:
+    # bf16/f16 inputs use the tensor cores in their own dtype; f32 stays f32 (accumulation is f32).
+    return jnp.dtype(dtype) if jnp.dtype(dtype).itemsize == 2 else jnp.dtype(jnp.float32)
+
+
+def _precision(matmul_dtype: Any):
+    return jax.lax.Precision.HIGHEST if matmul_dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
+def _num_warps(config: FFTConvConfig, plan: _Plan) -> int:
+    if config.num_warps is not None:
+        return config.num_warps
+    return 4 if plan.n <= 1024 else 8
+
+
+def _const_specs(consts: list[jax.Array]) -> list[pl.BlockSpec]:
+    return [pl.BlockSpec(c.shape, lambda i, j: (0, 0)) for c in consts]
+
+
+def conv_rows(
+    u: jax.Array,
+    kr: jax.Array,
+    ki: jax.Array,
+    skip: jax.Array,
+    pre: jax.Array | None,
+    post: jax.Array | None,
+    plan: _Plan,
+    *,
+    out_dtype: Any,
+    interpret: Any,
+    config: FFTConvConfig,
+) -> jax.Array:
+    """The forward kernel on ``[B, L, C]`` inputs; ``kr, ki`` from :func:`kernel_spectrum`."""
+    batch, seq, chans = u.shape
+    rows = min(config.block_rows, _next_pow2(batch))
+    mm_dtype = _matmul_dtype(u.dtype)
+    consts = _consts_for(plan, plan.rows_out, mm_dtype)
+    row_block = (None, rows, plan.rows_in, plan.n2)
+    row_spec = pl.BlockSpec(row_block, lambda i, j: (i, j, 0, 0))
+    inputs = [_to_rows(u, plan)]
+    specs = [row_spec]
+    for gate in (pre, post):
+        if gate is not None:
+            inputs.append(_to_rows(gate, plan))
+            specs.append(row_spec)
+    # The skip weight as a [C, 1, N2] row so it broadcasts over X's rows inside the kernel.
+    skip_row = jnp.broadcast_to(skip.astype(jnp.float32)[:, None, None], (chans, 1, plan.n2))
+    inputs += [skip_row, kr, ki, *consts]
+    q = len(plan.cols)
+    specs += [
+        pl.BlockSpec((None, 1, plan.n2), lambda i, j: (i, 0, 0)),
+        pl.BlockSpec((None, plan.n1, q), lambda i, j: (i, 0, 0)),
+        pl.BlockSpec((None, plan.n1, q), lambda i, j: (i, 0, 0)),
+        *_const_specs(consts),
+    ]
+    kernel = functools.partial(
+        _conv_kernel, has_pre=pre is not None, has_post=post is not None, rows=rows,
+        matmul_dtype=mm_dtype, precision=_precision(mm_dtype),
+    )
+    out = pl.pallas_call(
+        kernel,
+        grid=(chans, cdiv(batch, rows)),
+        in_specs=specs,
+        out_specs=pl.BlockSpec((None, rows, plan.rows_out, plan.n2), lambda i, j: (i, j, 0, 0)),
+        out_shape=jax.ShapeDtypeStruct((chans, batch, plan.rows_out, plan.n2), out_dtype),
+        interpret=interpret,
+        compiler_params=compiler_params(
+            interpret, num_warps=_num_warps(config, plan), num_stages=config.num_stages,
+            dimension_semantics=("parallel", "parallel"),
+        ),
+        name="fftconv_forward",
+    )(*inputs)
+    out = out.reshape(chans, batch, plan.rows_out * plan.n2)[:, :, :seq]
+    return jnp.transpose(out, (1, 2, 0))
+
+
+def kernel_grad_rows(
+    u: jax.Array,
+    pre: jax.Array | None,
+    g: jax.Array,
+    kernel_len: int,
+    plan: _Plan,
+    *,
+    interpret: Any,
+    config: FFTConvConfig,
+) -> jax.Array:
+    """``dk[j, c] = sum_{b, t} g[b, t, c] * x[b, t - j, c]`` (circularly, size N), ``x = pre * u``."""
+    batch, _, chans = u.shape
+    rows = min(config.block_rows, _next_pow2(batch))
+    nb = cdiv(batch, rows)
+    mm_dtype = _matmul_dtype(u.dtype)
+    consts = _consts_for(plan, plan.rows_dk, mm_dtype)
+    row_spec = pl.BlockSpec((None, rows, plan.rows_in, plan.n2), lambda i, j: (i, j, 0, 0))
+    inputs = [_to_rows(u, plan)]
+    specs = [row_spec]
+    if pre is not None:
+        inputs.append(_to_rows(pre, plan))
+        specs.append(row_spec)
+    mask = kept_frequency_mask(plan.n, plan.keep_frequencies).reshape(plan.n2, plan.n1).T[:, list(plan.cols)]
+    inputs += [_to_rows(g, plan), jnp.asarray(mask, jnp.float32), *consts]
+    specs += [row_spec, pl.BlockSpec(mask.shape, lambda i, j: (0, 0)), *_const_specs(consts)]
+    kernel = functools.partial(
+        _kernel_grad_kernel, has_pre=pre is not None, rows=rows, batch=batch,
+        matmul_dtype=mm_dtype, precision=_precision(mm_dtype),
+    )
+    # One partial sum per batch block (programs run in parallel); the blocks are summed by XLA.
+    out = pl.pallas_call(
+        kernel,
+        grid=(chans, nb),
+        in_specs=specs,
+        out_specs=pl.BlockSpec((None, None, plan.rows_dk, plan.n2), lambda i, j: (i, j, 0, 0)),
+        out_shape=jax.ShapeDtypeStruct((chans, nb, plan.rows_dk, plan.n2), jnp.float32),
+        interpret=interpret,
+        compiler_params=compiler_params(
+            interpret, num_warps=_num_warps(config, plan), num_stages=config.num_stages,
+            dimension_semantics=("parallel", "parallel"),
+        ),
+        name="fftconv_kernel_grad",
+    )(*inputs)
+    out = out.sum(axis=1).reshape(chans, plan.rows_dk * plan.n2)[:, :kernel_len]
+    return out.T
+
+
+# --- custom_vjp ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    plan: _Plan
+    interpret: Any
+    config: FFTConvConfig
+
+
+def fftconv(
+    u: jax.Array,
+    k: jax.Array,
+    skip: jax.Array | None,
+    pre_gate: jax.Array | None,
+    post_gate: jax.Array | None,
+    *,
+    fft_size: int,
+    keep_frequencies: int | None = None,
+    interpret: Any = False,
+    config: FFTConvConfig = FFTConvConfig(),
+) -> jax.Array:
+    """Gated depthwise FFT convolution (module docstring) with FFT size ``fft_size`` (a power of two).
+
+    ``u``, gates: ``[B, L, C]``; ``k``: ``[L_k, C]``; ``skip``: ``[C]`` or None. The convolution is
+    circular of size ``fft_size``: causal when ``fft_size >= L + L_k - 1``. Inputs are validated by
+    the public op (:func:`jaxflash.fftconv`); this checks only what the kernel itself needs.
+    """
+    if k.shape[0] > fft_size or u.shape[1] > fft_size:
+        raise ValueError(f"{u.shape=} and {k.shape=} do not fit in {fft_size=}")
+    if config.block_rows & (config.block_rows - 1):
+        raise ValueError(f"{config.block_rows=} must be a power of two")
+    min_dim = config.min_dim if config.min_dim is not None else (1 if interpret is not False else 16)
+    plan = make_plan(u.shape[1], k.shape[0], fft_size, keep_frequencies, min_dim)
+    if skip is None:
+        skip = jnp.zeros((u.shape[2],), jnp.float32)
+    return _fftconv_jit(u, k, skip, pre_gate, post_gate, _Static(plan, interpret, config))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _fftconv(u, k, skip, pre, post, static: _Static):
+    kr, ki = kernel_spectrum(k, static.plan)
+    return conv_rows(u, kr, ki, skip, pre, post, static.plan, out_dtype=u.dtype,
+                     interpret=static.interpret, config=static.config)
+
+
+def _fftconv_fwd(u, k, skip, pre, post, static):
+    # Residuals are the inputs only; z = conv + skip * x is recomputed in the backward pass when a
+    # post-gate needs it, instead of storing another [B, L, C] array.
+    return _fftconv(u, k, skip, pre, post, static), (u, k, skip, pre, post)
+
+
+def _fftconv_bwd(static, res, dy):
+    u, k, skip, pre, post = res
+    plan = static.plan
+    kw = dict(interpret=static.interpret, config=static.config)
+    kr, ki = kernel_spectrum(k, plan)
+    dy32 = dy.astype(jnp.float32)
+    d_post = None
+    if post is not None:
+        z = conv_rows(u, kr, ki, skip, pre, None, plan, out_dtype=jnp.float32, **kw)
+        d_post = (dy32 * z).astype(post.dtype)
+        dz = dy32 * post.astype(jnp.float32)
+    else:
+        dz = dy32
+    # dx = corr(dz, k) + skip * dz: the forward kernel with the conjugate kernel spectrum.
+    dz_in = dz.astype(u.dtype)
+    dx = conv_rows(dz_in, kr, -ki, skip, None, None, plan, out_dtype=jnp.float32, **kw)
+    x = u.astype(jnp.float32) if pre is None else u.astype(jnp.float32) * pre.astype(jnp.float32)
+    d_skip = jnp.sum(dz * x, axis=(0, 1)).astype(skip.dtype)
+    dk = kernel_grad_rows(u, pre, dz_in, k.shape[0], plan, **kw).astype(k.dtype)
+    if pre is None:
+        du, d_pre = dx.astype(u.dtype), None
+    else:
+        du = (dx * pre.astype(jnp.float32)).astype(u.dtype)
+        d_pre = (dx * u.astype(jnp.float32)).astype(pre.dtype)
+    return du, dk, d_skip, d_pre, d_post
+
+
+_fftconv.defvjp(_fftconv_fwd, _fftconv_bwd)
+_fftconv_jit = jax.jit(_fftconv, static_argnums=(5,))
+
+
+# --- reference -------------------------------------------------------------------------------------------
+
+
+def reference(
+    u: jax.Array,
+    k: jax.Array,
+    skip: jax.Array | None = None,
+    pre_gate: jax.Array | None = None,
+    post_gate: jax.Array | None = None,
+    *,
+    fft_size: int,
+    keep_frequencies: int | None = None,
+) -> jax.Array:
+    """The same function with ``jnp.fft`` in the inputs' precision (at least f32; f64 under x64).
+
+    A full complex FFT of size ``fft_size`` along the sequence, pointwise product, inverse, real part,
+    first ``L`` samples; frequency-sparse by masking the spectrum.
+    """
+    dtype = jnp.promote_types(u.dtype, jnp.float32)
+    x = u.astype(dtype)
+    if pre_gate is not None:
+        x = x * pre_gate.astype(dtype)
+    xf = jnp.fft.fft(x, n=fft_size, axis=1)
+    kf = jnp.fft.fft(k.astype(dtype), n=fft_size, axis=0)
+    if keep_frequencies is not None:
+        kf = jnp.where(jnp.asarray(kept_frequency_mask(fft_size, keep_frequencies))[:, None], kf, 0)
+    y = jnp.real(jnp.fft.ifft(xf * kf[None], axis=1))[:, : u.shape[1]]
+    if skip is not None:
+        y = y + skip.astype(dtype) * x
+    if post_gate is not None:
+        y = y * post_gate.astype(dtype)
+    return y.astype(u.dtype)
+
+
+def fft_size_ok(n: int, compiled: bool) -> str | None:
+    """Why the kernel cannot use FFT size ``n``, or None when it can."""
+    if n & (n - 1) or n < 4:
+        return f"the Pallas kernel needs a power-of-two FFT size, got {n}"
+    if compiled and n < MIN_COMPILED_FFT_SIZE:
+        return (f"the compiled kernel needs FFT size >= {MIN_COMPILED_FFT_SIZE} (Triton dot dims >= 16), "
+                f"got {n}")
+    if compiled and n > MAX_FFT_SIZE:
+        return (f"FFT size {n} > {MAX_FFT_SIZE}: the order-2 kernel's working set does not fit on chip "
+                "(order-3/4 decompositions are not implemented)")
+    return None
+
+
+def smallest_fft_size(n: int, compiled: bool) -> int:
+    """The power-of-two FFT size the kernel uses for a circular size of at least ``n``."""
+    size = max(_next_pow2(n), 4)
+    return max(size, MIN_COMPILED_FFT_SIZE) if compiled else size
+

@@ -1,0 +1,191 @@
+"""The Monarch-decomposed FFT convolution kernel (pallas_kernels/fftconv.py) in interpret mode on CPU
+(compiled on GPU/TPU), against float64 NumPy and against its jnp reference's autodiff."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jaxflash.pallas_kernels import fftconv as fk
+
+import jaxflash
+from jaxflash.testing import assert_close, assert_grads_close, kernel_implementation, random_normal
+
+IMPL = kernel_implementation()
+INTERPRET = IMPL == "pallas_interpret"
+# Two batch rows per program: batch 5 gives 3 programs along the batch axis, channels 3 along the other.
+SMALL = fk.FFTConvConfig(block_rows=2)
+F32_TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def numpy_conv(u, k, skip, pre, post, n, keep=None):
+    """float64: size-n circular convolution of pre * u with k, first seq samples, skip, post gate."""
+    u, k = np.asarray(u, np.float64), np.asarray(k, np.float64)
+    x = u if pre is None else u * np.asarray(pre, np.float64)
+    kf = np.fft.rfft(k, n=n, axis=0)
+    if keep is not None:
+        kf[keep:] = 0
+    y = np.fft.irfft(np.fft.rfft(x, n=n, axis=1) * kf[None], n=n, axis=1)[:, : u.shape[1]]
+    if skip is not None:
+        y = y + np.asarray(skip, np.float64) * x
+    return y if post is None else y * np.asarray(post, np.float64)
+
+
+def inputs(key, batch, seq, chans, kernel_len, dtype=jnp.float32, gated=True):
+    ku, kk, ks, kp, kq = jax.random.split(key, 5)
+    u = random_normal(ku, (batch, seq, chans), dtype)
+    k = random_normal(kk, (kernel_len, chans), dtype, scale=kernel_len**-0.5)
+    skip = random_normal(ks, (chans,), jnp.float32)
+    pre = random_normal(kp, (batch, seq, chans), dtype) if gated else None
+    post = random_normal(kq, (batch, seq, chans), dtype) if gated else None
+    return u, k, skip, pre, post
+
+
+def run(args, n, keep=None, config=SMALL):
+    return fk.fftconv(*args, fft_size=n, keep_frequencies=keep, interpret=INTERPRET, config=config)
+
+
+def as64(args):
+    return [None if a is None else np.asarray(jnp.asarray(a, jnp.float32), np.float64) for a in args]
+
+
+# --- plan and stages (plain jnp, fast) ------------------------------------------------------------------
+
+
+def test_factor_and_plan():
+    assert fk.factor(32) == (8, 4) and fk.factor(64) == (8, 8) and fk.factor(16384) == (128, 128)
+    with pytest.raises(ValueError, match="power-of-two"):
+        fk.factor(48)
+    plan = fk.make_plan(seq_len=13, kernel_len=5, n=64, keep_frequencies=None)
+    assert plan.rows_in == 2 and plan.rows_dk == 1 and plan.cols == tuple(range(8))
+    sparse = fk.make_plan(seq_len=32, kernel_len=32, n=64, keep_frequencies=9)
+    # Bins 0..8 sit in columns k2 = 0, 1 (bin k1 + 8 k2), their mirrors 56..63 in k2 = 7; padded to
+    # a power of two with the dropped column 2 (its kernel spectrum is zeroed): half the work skipped.
+    assert sparse.cols == (0, 1, 2, 7)
+
+
+def test_stages_give_digit_reversed_fft(key):
+    """F_{N1} X, twiddle, @ F_{N2} is the FFT with bin k1 + N1 k2 at [k1, k2] (no permutation)."""
+    n = 64
+    plan = fk.make_plan(n // 2, n // 2, n, None)
+    x = random_normal(key, (n // 2,))
+    f1r, f1i, twr, twi, f2r, f2i, *_ = fk._consts_for(plan, plan.rows_out, jnp.float32)
+    mm = lambda a, b: jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
+    xr = x.reshape(plan.rows_in, plan.n2)
+    br, bi = fk._forward_fft(xr, f1r, f1i, twr, twi, f2r, f2i, mm)
+    want = np.fft.fft(np.asarray(x, np.float64), n=n).reshape(plan.n2, plan.n1).T
+    assert_close(br, want.real, **F32_TOL)
+    assert_close(bi, want.imag, **F32_TOL)
+
+
+def test_compiled_size_limits():
+    assert fk.fft_size_ok(64, compiled=False) is None
+    assert "power-of-two" in fk.fft_size_ok(96, compiled=False)
+    assert ">= 256" in fk.fft_size_ok(64, compiled=True)
+    assert "order-3/4" in fk.fft_size_ok(2 * fk.MAX_FFT_SIZE, compiled=True)
+    assert fk.smallest_fft_size(300, compiled=True) == 512 and fk.smallest_fft_size(5, compiled=True) == 256
+
+
+# --- forward -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "seq,kernel_len,n",
+    [(13, 13, 32), (30, 7, 64), (16, 16, 32)],  # odd full kernel; partial kernel with slack; exact 2L
+)
+def test_forward_matches_float64(key, seq, kernel_len, n):
+    args = inputs(key, 5, seq, 3, kernel_len)
+    y = run(args, n)
+    assert y.shape == (5, seq, 3) and y.dtype == jnp.float32
+    assert_close(y, numpy_conv(*as64(args), n), **F32_TOL)
+
+
+def test_forward_odd_channels_ungated(key):
+    args = inputs(key, 2, 9, 111, 9, gated=False)
+    assert_close(run(args, 32), numpy_conv(*as64(args), 32), **F32_TOL)
+
+
+def test_forward_bf16(key):
+    args = inputs(key, 5, 20, 3, 20, dtype=jnp.bfloat16)
+    y = run(args, 64)
+    assert y.dtype == jnp.bfloat16
+    # bf16 matmul operands in four DFT stages: a few bf16 ulps of the output's scale.
+    assert_close(y, numpy_conv(*as64(args), 64), dtype=jnp.bfloat16, scale=4.0)
+
+
+@pytest.mark.parametrize("keep", [1, 5, 17])
+def test_frequency_sparse(key, keep):
+    args = inputs(key, 5, 16, 3, 16)
+    assert_close(run(args, 32, keep), numpy_conv(*as64(args), 32, keep), **F32_TOL)
+
+
+def test_circular_kernel(key):
+    u, _, skip, pre, post = inputs(key, 5, 16, 3, 16)
+    k = random_normal(jax.random.fold_in(key, 3), (32, 3), scale=32**-0.5)
+    args = (u, k, skip, pre, post)
+    assert_close(run(args, 32), numpy_conv(*as64(args), 32), **F32_TOL)
+
+
+# --- gradients ----------------------------------------------------------------------------------------------
+
+
+def _grad_check(key, args, n, keep=None, dtype=None, scale=1.0):
+    def kern(*a):
+        return run(a, n, keep)
+
+    def ref(*a):
+        return fk.reference(*a, fft_size=n, keep_frequencies=keep)
+
+    argnums = [i for i, a in enumerate(args) if a is not None]
+    assert_grads_close(kern, ref, args, key=key, argnums=argnums, dtype=dtype, scale=scale)
+
+
+def test_grads_gated(key):
+    # dk sums over batch * seq = 65 products: tolerance scaled accordingly.
+    _grad_check(key, inputs(key, 5, 13, 3, 9), 32, scale=10.0)
+
+
+def test_grads_sparse_circular_ungated(key):
+    u, _, skip, _, _ = inputs(key, 5, 16, 3, 16, gated=False)
+    k = random_normal(jax.random.fold_in(key, 3), (32, 3), scale=32**-0.5)
+    _grad_check(key, (u, k, skip, None, None), 32, keep=6, scale=10.0)
+
+
+# --- through the public op ---------------------------------------------------------------------------------
+
+
+def test_public_op_kernel_path(key):
+    u, k, skip, pre, post = inputs(key, 3, 21, 4, 21)
+    y = jaxflash.fftconv(u, k, skip=skip, pre_gate=pre, post_gate=post, implementation=IMPL)
+    assert_close(y, numpy_conv(*as64((u, k, skip, pre, post)), 64), **F32_TOL)
+
+
+def test_public_op_refuses_non_power_of_two_sparse(key):
+    u, k, *_ = inputs(key, 2, 12, 2, 12, gated=False)
+    # Frequency bins of N = 2 * 12 = 24 cannot be laid out by the power-of-two kernel.
+    with pytest.raises(NotImplementedError, match="power-of-two"):
+        jaxflash.fftconv(u, k, keep_frequencies=3, implementation=IMPL)
+    # ... and the default order falls back to the XLA path.
+    y = jaxflash.fftconv(u, k, keep_frequencies=3)
+    assert_close(y, numpy_conv(*as64((u, k, None, None, None)), 24, 3), **F32_TOL)
+
+
+def test_compiled_plan_keeps_matmul_dims_at_least_16():
+    plan = fk.make_plan(seq_len=100, kernel_len=3, n=256, keep_frequencies=2, min_dim=16)
+    assert plan.n1 == plan.n2 == 16
+    assert plan.rows_in == 16 and plan.rows_dk == 16 and len(plan.cols) == 16
+
+
+def test_compiled_plan_shapes_in_interpret_mode(key):
+    """The padded rows and columns of the compiled plan (all matmul dims >= 16) change nothing."""
+    args = inputs(key, 3, 100, 2, 40)
+    config = fk.FFTConvConfig(block_rows=1, min_dim=16)
+    assert_close(run(args, 256, keep=20, config=config), numpy_conv(*as64(args), 256, 20), **F32_TOL)
+
+
+def test_gpu_check_logic_in_interpret_mode():
+    """The `make gpu-check` comparison (compiled kernel vs reference) run here on the interpreter."""
+    from jaxflash.bench import fftconv as bench
+
+    report = bench.check_against_reference(16, "float32", gated=True, implementation=IMPL, batch=3, chans=2)
+    assert report["y_rel_err"] < report["rel_tol"] and "dpost_rel_err" in report
+    assert len(bench.GPU_CHECKS) >= 4 and all(s >= 256 for s in bench.GPU_SIZES)
