@@ -6,7 +6,13 @@ import os
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
+    _flags += " --xla_force_host_platform_device_count=8"
+# XLA CPU's multi-threaded Eigen pool can wedge for good on some graphs (seen here with jax 0.11.2 on
+# the gradient of a 2-layer Hyena LM at seq 1024; also reported upstream). Single-threaded Eigen
+# avoids it, and costs the tests little: pytest-xdist already runs one worker per core.
+if "xla_cpu_multi_thread_eigen" not in _flags:
+    _flags += " --xla_cpu_multi_thread_eigen=false"
+os.environ["XLA_FLAGS"] = _flags.strip()
 
 import zlib  # noqa: E402
 

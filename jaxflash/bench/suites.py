@@ -14,6 +14,11 @@ from jaxflash.bench.harness import Suite
 
 SUITE_MODULES: dict[str, str] = {
     "matmul": "jaxflash.bench.matmul",
+    "attention": "jaxflash.bench.attention",
+    "fftconv": "jaxflash.bench.fftconv",
+    "monarch": "jaxflash.bench.monarch",
+    "ws": "jaxflash.bench.ws",
+    "models": "jaxflash.bench.models",
 }
 
 

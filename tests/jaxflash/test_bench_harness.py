@@ -127,6 +127,7 @@ def test_every_registered_suite_is_well_formed():
 
 
 def test_peak_memory_is_measured_in_a_subprocess():
-    # A 512 x 512 float32 matmul allocates its 1 MiB output; the child must see at least that.
-    peak = measure_peak_memory("matmul", 0, "numpy.matmul", [512], False)
-    assert peak is not None and 0.9 <= peak < 200
+    # A 1024 x 1024 float32 matmul allocates a 4 MiB output; the child must see most of it (the
+    # kernel may reuse a few pages it already holds) and not much more.
+    peak = measure_peak_memory("matmul", 0, "numpy.matmul", [1024], False)
+    assert peak is not None and 3.0 <= peak < 200

@@ -1,0 +1,489 @@
+"""Configurations of the sequence models, with the papers' presets and tiny CPU presets.
+
+Every config is a frozen dataclass validated at construction: a bad value (heads not dividing the
+width, an odd FFT size, a loop count below one, ...) raises ``ValueError`` saying what to change,
+before any parameter is allocated. Presets are small functions returning configs; ``PRESETS`` maps
+their names to them (``PRESETS["hyena_153m"]()``).
+
+Sources of the preset sizes (``shared/reference/models.md``): safari ``configs/experiment/pile/*.yaml``
+(H3 125M, Hyena 153M), m2 ``bert/yamls/pretrain`` (M2-BERT 80M), parcae ``parcae_lm/configs`` (140M),
+GPT-2 small for the Transformer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+
+MIXERS = ("attention", "h3", "hyena", "long_conv")
+MLPS = ("gelu", "swiglu", "relu2")
+NORMS = ("layer", "rms")
+INJECTIONS = ("diagonal", "linear", "additive")
+DISCRETIZATIONS = ("bilinear", "zoh")
+
+
+def _positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def _divides(what: str, divisor: int, total_name: str, total: int) -> None:
+    if total % divisor:
+        raise ValueError(
+            f"{what}={divisor} must divide {total_name}={total}; pick {what} among the divisors of {total}"
+        )
+
+
+def _check_dtype(name: str, value: str) -> None:
+    try:
+        dt = jnp.dtype(value)
+    except TypeError as e:
+        raise ValueError(
+            f"{name}={value!r} is not a dtype name; use 'float32', 'bfloat16' or 'float16'"
+        ) from e
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"{name}={value!r} must be a floating dtype ('float32', 'bfloat16', 'float16')")
+
+
+def _check_fft_size(fft_size: int | None, seq_len: int, causal: bool = True) -> None:
+    if fft_size is None:
+        return
+    if not isinstance(fft_size, int) or fft_size < 2 or fft_size % 2:
+        raise ValueError(
+            f"fft_size={fft_size!r} must be an even int (the convolution is zero-padded to an even length "
+            f"for the real FFT); use None for the default 2 * seq_len"
+        )
+    if fft_size < 2 * seq_len:
+        raise ValueError(
+            f"fft_size={fft_size} must be at least 2 * max_seq_len = {2 * seq_len}, else the circular "
+            f"FFT convolution wraps around; raise it or leave it None"
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AttentionConfig:
+    """Multi-head attention with rotary embeddings and grouped-query heads."""
+
+    num_heads: int = 1  # query heads; must divide d_model (head_dim = d_model // num_heads)
+    num_kv_heads: int | None = None  # key/value heads (GQA); None = num_heads; must divide num_heads
+    rope: bool = True  # rotary position embeddings on q and k (Su et al. 2021)
+    rope_theta: float = 10000.0  # RoPE base frequency
+    qk_norm: bool = False  # RMSNorm on q and k per head before RoPE (Parcae, nanochat)
+    use_bias: bool = True  # bias on the q/k/v/out projections (GPT-2 style; Parcae has none)
+
+    def __post_init__(self):
+        _positive("num_heads", self.num_heads)
+        if self.num_kv_heads is not None:
+            _positive("num_kv_heads", self.num_kv_heads)
+            _divides("num_kv_heads", self.num_kv_heads, "num_heads", self.num_heads)
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be positive; got {self.rope_theta}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    def validate_width(self, d_model: int) -> None:
+        _divides("num_heads", self.num_heads, "d_model", d_model)
+        if self.rope and (d_model // self.num_heads) % 2:
+            raise ValueError(
+                f"RoPE rotates pairs of features, so head_dim = d_model / num_heads = "
+                f"{d_model // self.num_heads} must be even; change num_heads or set rope=False"
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class H3Config:
+    """H3 (Fu et al. 2023): shift SSM on k, diagonal (S4D-Lin) SSM on k*v. safari ``h3.yaml``."""
+
+    d_state: int = 64  # N: shift-SSM FIR length and diagonal-SSM state size (N/2 complex modes)
+    head_dim: int = 1  # d_h: per-head outer product k v^T of size d_h x d_h (1 = elementwise)
+    dt_min: float = 1e-3  # log_dt ~ U[log dt_min, log dt_max] per head
+    dt_max: float = 1e-1
+    discretization: str = "bilinear"  # safari's SSKernelDiag default; "zoh" is the option
+
+    def __post_init__(self):
+        _positive("d_state", self.d_state)
+        if self.d_state % 2:
+            raise ValueError(
+                f"d_state={self.d_state} must be even: the diagonal SSM keeps d_state/2 conjugate pairs"
+            )
+        _positive("head_dim", self.head_dim)
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max; got dt_min={self.dt_min}, dt_max={self.dt_max}")
+        if self.discretization not in DISCRETIZATIONS:
+            raise ValueError(f"discretization={self.discretization!r}; choose one of {DISCRETIZATIONS}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HyenaConfig:
+    """Hyena operator and implicit filter (Poli et al. 2023). safari ``hyena.yaml``/``hyena-filter.yaml``."""
+
+    order: int = 2  # N: N+1 projections, N-1 long convolutions (the code's convention, safari#9)
+    filter_order: int = 64  # width of the filter FFN
+    emb_dim: int = 3  # positional-encoding width: [t, cos, -sin] bands; odd, >= 3
+    sine_freq: float = 1.0  # w: initial value of the shared Sin frequency vector (Pile config: 14)
+    num_inner_mlps: int = 2  # hidden Linear+Sin pairs after the first (4 linears in total)
+    short_filter_order: int = 3  # taps of the causal depthwise featurizer convolution
+    modulate: bool = True  # exponential decay window on the filter
+    fast_decay_pct: float = 0.3  # fastest channel decays to `decay_target` at this fraction of l_max
+    slow_decay_pct: float = 1.5  # slowest channel decays to `decay_target` at this fraction of l_max
+    decay_target: float = 1e-2
+
+    def __post_init__(self):
+        _positive("order", self.order)
+        if self.order < 2:
+            raise ValueError(f"order={self.order} must be >= 2: order N has N-1 long convolutions")
+        _positive("filter_order", self.filter_order)
+        _positive("emb_dim", self.emb_dim)
+        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
+            raise ValueError(f"emb_dim={self.emb_dim} must be odd and >= 3 ([t] plus cos/sin pairs)")
+        if self.num_inner_mlps < 0:
+            raise ValueError(f"num_inner_mlps must be >= 0; got {self.num_inner_mlps}")
+        _positive("short_filter_order", self.short_filter_order)
+        if not 0 < self.fast_decay_pct <= self.slow_decay_pct:
+            raise ValueError("need 0 < fast_decay_pct <= slow_decay_pct")
+        if not 0 < self.decay_target < 1:
+            raise ValueError(f"decay_target must lie in (0, 1); got {self.decay_target}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LongConvConfig:
+    """Simple long convolutions (Fu et al. 2023, arXiv:2302.06646). safari ``long-conv.yaml``."""
+
+    channels: int = 1  # C: independent kernels per feature; outputs concatenated to C * d_model
+    lam: float = 0.003  # squash threshold: K <- sign(K) relu(|K| - lam)
+    kernel_dropout: float = 0.0  # dropout on the kernel weights (0.2 in safari's config)
+    smoothing: bool = False  # moving-average smoothing of the kernel (window 7) before the squash
+    bidirectional: bool = False  # causal + anti-causal kernel (2L circular); no recurrent step
+
+    def __post_init__(self):
+        _positive("channels", self.channels)
+        if self.lam < 0:
+            raise ValueError(f"lam must be >= 0; got {self.lam}")
+        if not 0 <= self.kernel_dropout < 1:
+            raise ValueError(f"kernel_dropout must lie in [0, 1); got {self.kernel_dropout}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LMConfig:
+    """A decoder-only LM: embedding, n_layers pre-norm blocks (mixer + MLP), final norm, tied head."""
+
+    vocab_size: int  # token vocabulary (GPT-2: 50257, padded to 50264 as safari does)
+    d_model: int  # residual width
+    n_layers: int  # number of blocks
+    d_inner: int | None = None  # MLP hidden width; None = 4 * d_model
+    max_seq_len: int = 1024  # l_max: longest sequence (filter length, positional table, KV cache)
+    mixer: str = "attention"  # sequence mixer of every block not in attn_layer_idx
+    attn_layer_idx: tuple[int, ...] = ()  # blocks that use attention instead (hybrid H3/Hyena LMs)
+    attention: AttentionConfig = dataclasses.field(default_factory=AttentionConfig)
+    h3: H3Config = dataclasses.field(default_factory=H3Config)
+    hyena: HyenaConfig = dataclasses.field(default_factory=HyenaConfig)
+    long_conv: LongConvConfig = dataclasses.field(default_factory=LongConvConfig)
+    mlp: str = "gelu"  # "gelu" (fc1, tanh-GELU, fc2), "swiglu" (gated), "relu2" (squared ReLU)
+    norm: str = "layer"  # "layer" (LayerNorm) or "rms" (RMSNorm)
+    norm_eps: float = 1e-5
+    learned_pos_emb: bool = False  # absolute learned position embeddings (safari's Transformer baselines)
+    embed_dropout: float = 0.0  # dropout on the embeddings (0.1 in safari's synthetics)
+    resid_dropout: float = 0.0  # dropout on each residual branch
+    init_std: float = 0.02  # N(0, init_std) for every Linear and the embedding (GPT-2 / safari)
+    fft_size: int | None = None  # FFT length of the long convolutions; None = 2 * seq; must be even
+    dtype: str = "float32"  # compute dtype; parameters are always float32
+    implementation: str | None = None  # passed to jaxflash.attention / fftconv ("xla", "pallas", ...)
+
+    def __post_init__(self):
+        _positive("vocab_size", self.vocab_size)
+        _positive("d_model", self.d_model)
+        _positive("n_layers", self.n_layers)
+        if self.d_inner is not None:
+            _positive("d_inner", self.d_inner)
+        _positive("max_seq_len", self.max_seq_len)
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer={self.mixer!r}; choose one of {MIXERS}")
+        for i in self.attn_layer_idx:
+            if not 0 <= i < self.n_layers:
+                raise ValueError(f"attn_layer_idx contains {i}, outside [0, n_layers={self.n_layers})")
+        if self.mlp not in MLPS:
+            raise ValueError(f"mlp={self.mlp!r}; choose one of {MLPS}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r}; choose one of {NORMS}")
+        if self.uses("attention"):
+            self.attention.validate_width(self.d_model)
+        if self.uses("h3"):
+            _divides("h3.head_dim", self.h3.head_dim, "d_model", self.d_model)
+        for name in ("embed_dropout", "resid_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1); got {getattr(self, name)}")
+        if self.long_conv.bidirectional and self.uses("long_conv"):
+            raise ValueError(
+                "a causal LM cannot use a bidirectional long convolution; set long_conv.bidirectional=False"
+            )
+        _check_fft_size(self.fft_size, self.max_seq_len)
+        _check_dtype("dtype", self.dtype)
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.d_inner or 4 * self.d_model
+
+    def mixer_of(self, layer: int) -> str:
+        return "attention" if layer in self.attn_layer_idx else self.mixer
+
+    def uses(self, mixer: str) -> bool:
+        return any(self.mixer_of(i) == mixer for i in range(self.n_layers))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class M2Config:
+    """Monarch Mixer BERT (Fu et al. 2023, arXiv:2310.12109), m2 ``bert/src/configuration_bert.py``;
+    with ``causal=True`` the M2-GPT variant (causal gated long convolution, block-diagonal MLP)."""
+
+    vocab_size: int = 30528  # bert-base-uncased 30522, padded to a multiple of 8 as MosaicBERT does
+    d_model: int = 768
+    n_layers: int = 12
+    d_ff: int = 3072  # GLU hidden width (the gate and value projections each have d_ff outputs)
+    max_seq_len: int = 128  # learned absolute positions and filter length
+    type_vocab_size: int = 2  # BERT token types
+    emb_dim: int = 5  # filter positional-encoding width (2 bands)
+    filter_order: int = 128  # filter FFN width
+    sine_freq: float = 10.0  # hyena_w
+    num_inner_mlps: int = 2
+    short_filter_order: int = 3
+    residual_long_conv: bool = True  # a second long convolution on the mixer's input, added to y
+    mlp_nblocks: int = 4  # blocks of the block-diagonal GLU MLP weights
+    layer_norm_eps: float = 1e-12
+    dropout: float = 0.1  # hidden dropout (embeddings and MLP output)
+    causal: bool = False  # False: M2-BERT (bidirectional); True: M2-GPT
+    init_std: float = 0.02
+    fft_size: int | None = None  # FFT length; None = 2 * seq; must be even
+    dtype: str = "float32"
+    implementation: str | None = None
+
+    def __post_init__(self):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "d_ff",
+            "max_seq_len",
+            "type_vocab_size",
+            "filter_order",
+            "short_filter_order",
+            "mlp_nblocks",
+        ):
+            _positive(name, getattr(self, name))
+        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
+            raise ValueError(f"emb_dim={self.emb_dim} must be odd and >= 3")
+        _divides("mlp_nblocks", self.mlp_nblocks, "d_model", self.d_model)
+        _divides("mlp_nblocks", self.mlp_nblocks, "d_ff", self.d_ff)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1); got {self.dropout}")
+        _check_fft_size(self.fft_size, self.max_seq_len)
+        _check_dtype("dtype", self.dtype)
+
+    def hyena(self) -> HyenaConfig:
+        return HyenaConfig(
+            order=2,
+            filter_order=self.filter_order,
+            emb_dim=self.emb_dim,
+            sine_freq=self.sine_freq,
+            num_inner_mlps=self.num_inner_mlps,
+            short_filter_order=self.short_filter_order,
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ParcaeConfig:
+    """Parcae looped LM (Prairie et al. 2026, arXiv:2604.12946), ``parcae_lm/models/parcae/config.py``."""
+
+    vocab_size: int = 32768
+    d_model: int = 768
+    n_heads: int = 6  # must divide d_model
+    n_kv_heads: int | None = None  # GQA; None = n_heads
+    d_ff: int = 3072
+    n_prelude: int = 2  # blocks run once before the loop
+    n_core: int = 2  # blocks of the looped core, run T times
+    n_coda: int = 2  # blocks run once after the loop
+    max_seq_len: int = 2048
+    injection: str = "diagonal"  # "diagonal" (Parcae), "linear" (concat adapter), "additive" (h + e)
+    ssm_decay: float = 0.2**0.5  # initial injection decay exp(-softplus(dt_bias) exp(A_log))
+    mean_recurrence: int = 8  # mean of the Poisson loop count in training; the loop count at eval
+    backprop_depth: int = 4  # gradients flow through the last min(T, backprop_depth) iterations
+    max_recurrence: int = 32  # the Poisson draw is clipped to [1, max_recurrence] (static bound)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    dtype: str = "float32"
+    implementation: str | None = None
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_core", "max_seq_len"):
+            _positive(name, getattr(self, name))
+        for name in ("n_prelude", "n_coda"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        for name in ("mean_recurrence", "backprop_depth", "max_recurrence"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} (a loop count) must be an int >= 1; got {value!r}")
+        if self.max_recurrence < self.mean_recurrence:
+            raise ValueError(
+                f"max_recurrence={self.max_recurrence} must be >= mean_recurrence={self.mean_recurrence}"
+            )
+        if self.injection not in INJECTIONS:
+            raise ValueError(f"injection={self.injection!r}; choose one of {INJECTIONS}")
+        if not 0 < self.ssm_decay < 1:
+            raise ValueError(f"ssm_decay={self.ssm_decay} must lie in (0, 1) (a contraction)")
+        self.attention.validate_width(self.d_model)
+        _check_dtype("dtype", self.dtype)
+
+    @property
+    def attention(self) -> AttentionConfig:
+        return AttentionConfig(
+            num_heads=self.n_heads,
+            num_kv_heads=self.n_kv_heads,
+            rope=True,
+            rope_theta=self.rope_theta,
+            qk_norm=True,
+            use_bias=False,
+        )
+
+
+# --- presets -------------------------------------------------------------------------------------------
+
+GPT2_VOCAB = 50264  # 50257 padded to a multiple of 8 (safari pad_vocab_size_multiple: 8)
+
+
+def gpt2_125m(**overrides: Any) -> LMConfig:
+    """GPT-2 small: 12 x 768, 12 heads, learned positions, 1024 tokens (124M with tied embeddings)."""
+    return dataclasses.replace(
+        LMConfig(
+            vocab_size=GPT2_VOCAB,
+            d_model=768,
+            n_layers=12,
+            max_seq_len=1024,
+            mixer="attention",
+            attention=AttentionConfig(num_heads=12, rope=False),
+            learned_pos_emb=True,
+        ),
+        **overrides,
+    )
+
+
+def h3_125m(**overrides: Any) -> LMConfig:
+    """safari ``pile/h3.yaml``: 12 x 768, d_inner 3072, attention at layers 1 and 8 (12 heads)."""
+    return dataclasses.replace(
+        LMConfig(
+            vocab_size=GPT2_VOCAB,
+            d_model=768,
+            n_layers=12,
+            max_seq_len=2048,
+            mixer="h3",
+            attn_layer_idx=(1, 8),
+            attention=AttentionConfig(num_heads=12, rope=False),
+        ),
+        **overrides,
+    )
+
+
+def hyena_153m(**overrides: Any) -> LMConfig:
+    """safari ``pile/hyena.yaml`` (Hyena small, 153M): 18 x 864, d_inner 1728, emb_dim 33, w 14."""
+    return dataclasses.replace(
+        LMConfig(
+            vocab_size=GPT2_VOCAB,
+            d_model=864,
+            n_layers=18,
+            d_inner=2 * 864,
+            max_seq_len=2048,
+            mixer="hyena",
+            hyena=HyenaConfig(order=2, filter_order=64, emb_dim=33, sine_freq=14.0),
+        ),
+        **overrides,
+    )
+
+
+def m2_bert_80m(**overrides: Any) -> M2Config:
+    """m2 ``monarch-mixer-pretrain-786dim-80m-parameters.yaml``: 12 x 768, d_ff 3072, seq 128."""
+    return dataclasses.replace(M2Config(), **overrides)
+
+
+def parcae_140m(**overrides: Any) -> ParcaeConfig:
+    """parcae ``parcae-small-140m``: 2/2/2 blocks of 768, 6 heads, mean recurrence 8, backprop 4."""
+    return dataclasses.replace(ParcaeConfig(), **overrides)
+
+
+def tiny_lm(mixer: str = "attention", **overrides: Any) -> LMConfig:
+    """A 2-layer, width-32 LM (safari's synthetics size) for CPU tests, with any mixer."""
+    base = LMConfig(
+        vocab_size=16,
+        d_model=32,
+        n_layers=2,
+        d_inner=64,
+        max_seq_len=32,
+        mixer=mixer,
+        attention=AttentionConfig(num_heads=4, num_kv_heads=2),
+        h3=H3Config(d_state=8),
+        hyena=HyenaConfig(filter_order=16, emb_dim=5),
+        long_conv=LongConvConfig(channels=2, lam=0.001),
+        implementation="xla",
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def m2_bert_tiny(**overrides: Any) -> M2Config:
+    return dataclasses.replace(
+        M2Config(
+            vocab_size=16,
+            d_model=32,
+            n_layers=2,
+            d_ff=64,
+            max_seq_len=32,
+            filter_order=16,
+            dropout=0.0,
+            implementation="xla",
+        ),
+        **overrides,
+    )
+
+
+def m2_gpt_tiny(**overrides: Any) -> M2Config:
+    return m2_bert_tiny(**{"causal": True, "residual_long_conv": False, **overrides})
+
+
+def parcae_tiny(**overrides: Any) -> ParcaeConfig:
+    return dataclasses.replace(
+        ParcaeConfig(
+            vocab_size=16,
+            d_model=32,
+            n_heads=4,
+            n_kv_heads=2,
+            d_ff=64,
+            n_prelude=1,
+            n_core=1,
+            n_coda=1,
+            max_seq_len=32,
+            mean_recurrence=3,
+            backprop_depth=2,
+            max_recurrence=6,
+            implementation="xla",
+        ),
+        **overrides,
+    )
+
+
+PRESETS: dict[str, Callable[..., Any]] = {
+    "gpt2_125m": gpt2_125m,
+    "h3_125m": h3_125m,
+    "hyena_153m": hyena_153m,
+    "m2_bert_80m": m2_bert_80m,
+    "parcae_140m": parcae_140m,
+    "transformer_tiny": lambda **kw: tiny_lm("attention", **kw),
+    "h3_tiny": lambda **kw: tiny_lm("h3", **kw),
+    "hyena_tiny": lambda **kw: tiny_lm("hyena", **kw),
+    "long_conv_tiny": lambda **kw: tiny_lm("long_conv", **kw),
+    "m2_bert_tiny": m2_bert_tiny,
+    "m2_gpt_tiny": m2_gpt_tiny,
+    "parcae_tiny": parcae_tiny,
+}

@@ -1,0 +1,218 @@
+"""H3, "Hungry Hungry Hippos" (Fu, Dao et al. 2023, arXiv:2212.14052), following safari
+``src/models/sequence/h3.py`` and its kernels ``ss_kernel_shift.py`` / ``ss_kernel_diag.py``.
+
+Layer (head_dim d_h; H = d / d_h heads)::
+
+    q, k, v = W_q u, W_k u, W_v u
+    k_bar = K_shift * k + D_k . k                        shift SSM: a learnable causal FIR of length N
+    kv[h, i, j] = k_bar[h, i] v[h, j]                    outer product per head (d_h = 1: elementwise)
+    s = K_diag[h] * kv + D[h] . kv                       diagonal SSM, one kernel per head
+    y[h, j] = sum_i q[h, i] s[h, i, j]                   mul_sum
+    out = W_o y
+
+Shift SSM kernel ``K_shift[c, i] = sum_n B[c, n] C[c, n + i]`` (i < N), B initialised to e_1, so
+``K_shift = C[:, :N]`` at init. Recurrence: ``x_t = shift(x_{t-1}) + B u_t``, ``y_t = C . x_t``.
+
+Diagonal SSM (S4D-Lin, Gu et al. 2022): N/2 modes ``A_n = -exp(inv_A_real) + i A_imag`` initialised to
+``-1/2 + i pi n``; ``C ~ CN(0, 1)`` (B = 1 folded in); ``log dt ~ U[log dt_min, log dt_max]``.
+Bilinear discretisation (safari's default)::
+
+    dA = (1 + dt A / 2) / (1 - dt A / 2),   dB = dt / (1 - dt A / 2)
+    K_diag[l] = 2 Re sum_n C_n dB_n dA_n^l                (Vandermonde form; conjugate pairs implicit)
+
+Recurrence: ``s_t = dA s_{t-1} + u_t`` (complex, per mode), ``y_t = 2 Re sum_n C_n dB_n s_t[n]``.
+ZOH (``dA = exp(dt A)``, ``dB = (exp(dt A) - 1) / A``) is the option. Kernels are computed in f32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxflash.models.config import H3Config
+from jaxtyping import Array, Complex, Float
+
+import jaxflash
+
+State = dict[str, Any]
+
+
+class SSMParam(nnx.Param):
+    """A state-space / long-convolution kernel parameter: the papers train these with their own
+    learning rate (min(1e-3, lr)) and no weight decay (see ``models.lm.param_labels``)."""
+
+
+class ShiftSSMKernel(nnx.Module):
+    """Per-channel shift SSM: ``K[c, i] = sum_n B[c, n] C[c, n + i]`` for i < N."""
+
+    def __init__(self, channels: int, d_state: int, *, rngs: nnx.Rngs):
+        self.d_state = d_state
+        self.B = SSMParam(jnp.zeros((channels, d_state), jnp.float32).at[:, 0].set(1.0))
+        # torch kaiming_uniform_(a=sqrt(5)) on C of shape (1, channels, N): U(+-1/sqrt(channels * N)).
+        bound = 1.0 / math.sqrt(channels * d_state)
+        self.C = nnx.Param(jax.random.uniform(rngs.params(), (channels, d_state), jnp.float32, -bound, bound))
+
+    def kernel(self, length: int) -> Float[Array, "l c"]:
+        """``K_shift[:length]`` as ``[length, channels]``; zero beyond N."""
+        n = self.d_state
+        idx = jnp.arange(n)[:, None] + jnp.arange(n)[None, :]  # [n (state), i (lag)] -> n + i
+        c_pad = jnp.pad(self.C[...], ((0, 0), (0, n)))
+        k = jnp.einsum("cn,cni->ic", self.B[...], c_pad[:, idx])  # [N, channels]
+        if length <= n:
+            return k[:length]
+        return jnp.pad(k, ((0, length - n), (0, 0)))
+
+    def init_state(self, batch: int) -> Float[Array, "b c n"]:
+        return jnp.zeros((batch, self.B.shape[0], self.d_state), jnp.float32)
+
+    def step(
+        self, u: Float[Array, "b c"], x: Float[Array, "b c n"]
+    ) -> tuple[Float[Array, "b c"], Float[Array, "b c n"]]:
+        x = jnp.pad(x, ((0, 0), (0, 0), (1, 0)))[..., :-1] + self.B[...] * u[..., None].astype(jnp.float32)
+        return jnp.sum(self.C[...] * x, axis=-1), x
+
+
+class DiagSSMKernel(nnx.Module):
+    """S4D-Lin diagonal SSM kernel, one per channel (head), N/2 complex modes, bilinear or ZOH."""
+
+    def __init__(
+        self,
+        channels: int,
+        d_state: int,
+        *,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        discretization: str = "bilinear",
+        rngs: nnx.Rngs,
+    ):
+        if discretization not in ("bilinear", "zoh"):
+            raise ValueError(f"discretization={discretization!r}; choose 'bilinear' or 'zoh'")
+        self.discretization = discretization
+        modes = d_state // 2
+        self.log_dt = SSMParam(
+            jax.random.uniform(rngs.params(), (channels,), jnp.float32, math.log(dt_min), math.log(dt_max))
+        )
+        self.inv_A_real = SSMParam(jnp.full((channels, modes), math.log(0.5), jnp.float32))
+        self.A_imag = SSMParam(
+            jnp.broadcast_to(math.pi * jnp.arange(modes, dtype=jnp.float32), (channels, modes))
+        )
+        # C ~ CN(0, 1): real and imaginary parts each N(0, 1/2). Stored as [..., 2] real pairs.
+        self.C = nnx.Param(
+            jax.random.normal(rngs.params(), (channels, modes, 2), jnp.float32) * math.sqrt(0.5)
+        )
+
+    def discrete(self) -> tuple[Complex[Array, "c n"], Complex[Array, "c n"]]:
+        """``(dA, C dB)``: the discrete poles and the output weights of each mode."""
+        dt = jnp.exp(self.log_dt[...])[:, None]
+        A = -jnp.exp(self.inv_A_real[...]) + 1j * self.A_imag[...]
+        C = self.C[..., 0] + 1j * self.C[..., 1]
+        dtA = dt * A
+        if self.discretization == "bilinear":
+            dA = (1 + dtA / 2) / (1 - dtA / 2)
+            dB = dt / (1 - dtA / 2)
+        else:
+            dA = jnp.exp(dtA)
+            dB = (dA - 1) / A
+        return dA, C * dB
+
+    def kernel(self, length: int) -> Float[Array, "l c"]:
+        """``K[l, c] = 2 Re sum_n (C dB)[c, n] dA[c, n]^l`` for l < length, f32."""
+        dA, cdb = self.discrete()
+        # dA^l = exp(l log dA): one Vandermonde matrix per channel; |dA| < 1 keeps it bounded.
+        powers = jnp.exp(jnp.log(dA)[..., None] * jnp.arange(length, dtype=jnp.float32))  # [c, n, l]
+        return (2 * jnp.einsum("cn,cnl->lc", cdb, powers).real).astype(jnp.float32)
+
+
+class H3(nnx.Module):
+    """The H3 mixer (see the module docstring), ``[b, l, d] -> [b, l, d]``."""
+
+    def __init__(
+        self,
+        d_model: int,
+        config: H3Config,
+        *,
+        dtype: Any = jnp.float32,
+        implementation: str | None = None,
+        fft_size: int | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if d_model % config.head_dim:
+            raise ValueError(f"h3 head_dim={config.head_dim} must divide d_model={d_model}")
+        self.d_model = d_model
+        self.head_dim = config.head_dim
+        self.num_heads = d_model // config.head_dim
+        self.dtype = dtype
+        self.implementation = implementation
+        self.fft_size = fft_size
+        kw = dict(dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.q_proj = nnx.Linear(d_model, d_model, **kw)
+        self.k_proj = nnx.Linear(d_model, d_model, **kw)
+        self.v_proj = nnx.Linear(d_model, d_model, **kw)
+        self.out_proj = nnx.Linear(d_model, d_model, **kw)
+        self.shift_kernel = ShiftSSMKernel(d_model, config.d_state, rngs=rngs)
+        self.D_k = nnx.Param(jax.random.normal(rngs.params(), (d_model,), jnp.float32))
+        self.diag_kernel = DiagSSMKernel(
+            self.num_heads,
+            config.d_state,
+            dt_min=config.dt_min,
+            dt_max=config.dt_max,
+            discretization=config.discretization,
+            rngs=rngs,
+        )
+        self.D = nnx.Param(jax.random.normal(rngs.params(), (self.num_heads,), jnp.float32))
+
+    def _conv(self, u, k, skip, **gates):
+        return jaxflash.fftconv(
+            u,
+            k.astype(u.dtype),
+            skip=skip.astype(u.dtype),
+            fft_size=self.fft_size,
+            implementation=self.implementation,
+            **gates,
+        )
+
+    def _per_channel(self, x: jax.Array) -> jax.Array:
+        """A per-head quantity ``[..., H]`` repeated over the head's d_h x d_h kv channels (h, i, j)."""
+        return jnp.repeat(x, self.head_dim**2, axis=-1)
+
+    def __call__(self, u: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+        b, length, d = u.shape
+        q, k, v = self.q_proj(u), self.k_proj(u), self.v_proj(u)
+        k_shift = self.shift_kernel.kernel(min(length, self.shift_kernel.d_state))
+        k_bar = self._conv(k, k_shift, self.D_k[...])
+        k_diag = self.diag_kernel.kernel(length)
+        if self.head_dim == 1:
+            # q . (K_diag * (k_bar . v) + D . (k_bar . v)) in one gated convolution.
+            y = self._conv(v, k_diag, self.D[...], pre_gate=k_bar, post_gate=q)
+        else:
+            H, dh = self.num_heads, self.head_dim
+            kv = k_bar.reshape(b, length, H, dh, 1) * v.reshape(b, length, H, 1, dh)
+            s = self._conv(
+                kv.reshape(b, length, H * dh * dh), self._per_channel(k_diag), self._per_channel(self.D[...])
+            )
+            y = jnp.einsum("blhi,blhij->blhj", q.reshape(b, length, H, dh), s.reshape(b, length, H, dh, dh))
+            y = y.reshape(b, length, d)
+        return self.out_proj(y)
+
+    def init_state(self, batch: int, max_len: int | None = None) -> State:
+        del max_len  # the recurrent state does not grow with the sequence
+        channels = self.num_heads * self.head_dim**2
+        diag = jnp.zeros((batch, channels, self.diag_kernel.inv_A_real.shape[1]), jnp.complex64)
+        return dict(shift=self.shift_kernel.init_state(batch), diag=diag)
+
+    def step(self, u: Float[Array, "b d"], state: State) -> tuple[Float[Array, "b d"], State]:
+        b, d = u.shape
+        q, k, v = self.q_proj(u), self.k_proj(u), self.v_proj(u)
+        k_conv, shift = self.shift_kernel.step(k, state["shift"])
+        k_bar = k_conv + self.D_k[...] * k.astype(jnp.float32)
+        H, dh = self.num_heads, self.head_dim
+        kv = (k_bar.reshape(b, H, dh, 1) * v.astype(jnp.float32).reshape(b, H, 1, dh)).reshape(b, -1)
+        dA, cdb = self.diag_kernel.discrete()
+        dA, cdb = self._per_channel(dA.T).T, self._per_channel(cdb.T).T  # per kv channel (h, i, j)
+        diag = dA * state["diag"] + kv[..., None]
+        s = 2 * jnp.sum(cdb * diag, axis=-1).real + self._per_channel(self.D[...]) * kv
+        y = jnp.einsum("bhi,bhij->bhj", q.astype(jnp.float32).reshape(b, H, dh), s.reshape(b, H, dh, dh))
+        return self.out_proj(y.reshape(b, d).astype(self.dtype)), dict(shift=shift, diag=diag)

@@ -1,0 +1,232 @@
+"""Monarch Mixer (Fu et al. 2023, arXiv:2310.12109): the M2-BERT encoder, following m2
+``bert/src/mm/monarch_mixer_sequence_mixer.py`` and ``bert/src/bert_layers.py``, and the causal
+mixer M2-GPT uses.
+
+Sequence mixer (M2-BERT, bidirectional)::
+
+    x1, x2, v = split(ShortConv_3(W_in u))             W_in: d -> 3d; the short conv stays causal
+    k = pad(k_f, (0, L)) + pad(flip(k_r), (L, 0))      forward / reverse implicit (Hyena) filters
+    y = x2 . (k (*) (x1 . v) + b . (x1 . v))           (*): circular convolution of period 2L
+    y = y + k' (*) u + b' . u                          optional residual long conv on the raw input
+    out = W_out y
+
+so ``y_t = sum_{s <= t} k_f[t - s] g_s + sum_{s > t} k_r[s - t - 1] g_s`` with ``g = x1 . v``.
+The causal mixer (``causal=True``) keeps only ``k_f`` and convolves causally: this is the form the
+M2-GPT description reduces to when the Monarch multiplies are the FFT (no public M2-GPT code exists;
+models.md section 1.4), and it has a recurrent ``step``.
+
+Layer: ``h <- MLP(Mixer(h))``: NO residual and no norm around the mixer. MLP (post-LN GLU, block-
+diagonal weights with 4 blocks, ``models.monarch.BlockDiagLinear``)::
+
+    [a, g] = BlockDiag(W_1) h                          W_1: d -> 2 d_ff, no bias
+    h <- LayerNorm(BlockDiag(W_o)(GELU(a) . g) + b_o + h)
+
+The BERT model adds learned absolute positions and token types, then an MLM head (dense, GELU,
+LayerNorm, tied decoder) and a CLS pooler (dense, tanh).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxflash.models.config import M2Config
+from jaxflash.models.hyena import HyenaFilter, ShortConv, history_conv_step
+from jaxflash.models.monarch import BlockDiagLinear
+from jaxflash.models.transformer import reinit_linears
+from jaxtyping import Array, Float, Int
+
+import jaxflash
+from jaxflash.ops.fftconv import bidirectional_kernel
+
+State = dict[str, Any]
+
+
+class M2Mixer(nnx.Module):
+    """The Monarch Mixer sequence mixer (module docstring), ``[b, l, d] -> [b, l, d]``."""
+
+    def __init__(self, d_model: int, max_len: int, *, config: M2Config, rngs: nnx.Rngs):
+        self.d_model = d_model
+        self.causal = config.causal
+        self.residual_long_conv = config.residual_long_conv
+        self.dtype = jnp.dtype(config.dtype)
+        self.implementation = config.implementation
+        self.fft_size = config.fft_size
+        hyena = config.hyena()
+        self.in_linear = nnx.Linear(d_model, 3 * d_model, dtype=self.dtype, rngs=rngs)
+        self.short_conv = ShortConv(3 * d_model, config.short_filter_order, rngs=rngs)
+        self.filter = HyenaFilter(d_model, max_len, hyena, bidirectional=not config.causal, rngs=rngs)
+        if config.residual_long_conv:
+            self.filter2 = HyenaFilter(d_model, max_len, hyena, bidirectional=not config.causal, rngs=rngs)
+        self.out_proj = nnx.Linear(d_model, d_model, dtype=self.dtype, rngs=rngs)
+
+    def conv_kernel(self, filt: HyenaFilter, length: int) -> jax.Array:
+        """``[L, d]`` causal kernel, or the ``[2L, d]`` circular bidirectional kernel."""
+        if self.causal:
+            return filt.kernel(length)
+        return bidirectional_kernel(filt.kernel(length), filt.kernel_rev(length))
+
+    def _conv(self, u, filt: HyenaFilter, **gates):
+        k = self.conv_kernel(filt, u.shape[1]).astype(u.dtype)
+        # A circular kernel fixes the FFT size (2L); fft_size applies to the causal form only.
+        return jaxflash.fftconv(
+            u,
+            k,
+            skip=filt.bias[...].astype(u.dtype),
+            causal=self.causal,
+            fft_size=self.fft_size if self.causal else None,
+            implementation=self.implementation,
+            **gates,
+        )
+
+    def __call__(self, u: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+        x1, x2, v = jnp.split(self.short_conv(self.in_linear(u)), 3, axis=-1)
+        y = self._conv(v, self.filter, pre_gate=x1, post_gate=x2)
+        if self.residual_long_conv:
+            y = y + self._conv(u, self.filter2)
+        return self.out_proj(y)
+
+    def init_state(self, batch: int, max_len: int) -> State:
+        if not self.causal:
+            raise NotImplementedError(
+                "the bidirectional M2-BERT mixer sees the future; only causal=True has a step"
+            )
+        n_convs = 2 if self.residual_long_conv else 1
+        return dict(
+            window=jnp.zeros((batch, self.short_conv.taps, 3 * self.d_model), self.dtype),
+            history=jnp.zeros((n_convs, batch, max_len, self.d_model), jnp.float32),
+            pos=jnp.zeros((), jnp.int32),
+        )
+
+    def step(self, u: Float[Array, "b d"], state: State) -> tuple[Float[Array, "b d"], State]:
+        pos, max_len = state["pos"], state["history"].shape[2]
+        z, window = self.short_conv.step(state["window"], self.in_linear(u))
+        x1, x2, v = jnp.split(z.astype(jnp.float32), 3, axis=-1)
+        g = x1 * v
+        y, hist = history_conv_step(state["history"][0], g, self.filter.kernel(max_len), pos)
+        y = x2 * (y + self.filter.bias[...] * g)
+        histories = [hist]
+        if self.residual_long_conv:
+            u32 = u.astype(jnp.float32)
+            yu, hist2 = history_conv_step(state["history"][1], u32, self.filter2.kernel(max_len), pos)
+            y = y + yu + self.filter2.bias[...] * u32
+            histories.append(hist2)
+        out = self.out_proj(y.astype(self.dtype))
+        return out, dict(window=window, history=jnp.stack(histories), pos=pos + 1)
+
+
+class BlockDiagGLU(nnx.Module):
+    """M2-BERT's GLU MLP with block-diagonal weights (m2 ``BertGatedLinearUnitMLP`` with
+    ``use_monarch_mlp``). ``post_norm=True``: ``LayerNorm(mlp(h) + h)`` as in BERT; False: the bare
+    ``mlp(h)`` for a pre-norm block (M2-GPT)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        nblocks: int,
+        *,
+        post_norm: bool = True,
+        eps: float = 1e-12,
+        dropout: float = 0.0,
+        dtype: Any = jnp.float32,
+        implementation: str | None = None,
+        rngs: nnx.Rngs,
+    ):
+        for name, n in (("d_model", d_model), ("d_ff", d_ff)):
+            if n % nblocks:
+                raise ValueError(f"nblocks={nblocks} must divide {name}={n}")
+        self.d_ff = d_ff
+        self.post_norm = post_norm
+        kw = dict(nblocks=nblocks, dtype=dtype, implementation=implementation, rngs=rngs)
+        # BlockDiagLinear keeps m2's init (blocks cut from a kaiming-uniform dense init).
+        self.gated = BlockDiagLinear(d_model, 2 * d_ff, use_bias=False, **kw)  # [GELU input; value]
+        self.out = BlockDiagLinear(d_ff, d_model, use_bias=True, **kw)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        if post_norm:
+            self.norm = nnx.LayerNorm(d_model, epsilon=eps, dtype=dtype, rngs=rngs)
+
+    def __call__(self, h: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        x = self.gated(h)
+        x = jax.nn.gelu(x[..., : self.d_ff], approximate=False) * x[..., self.d_ff :]
+        x = self.dropout(self.out(x)).astype(h.dtype)
+        return self.norm(x + h) if self.post_norm else x
+
+
+class M2BertLayer(nnx.Module):
+    """``h <- MLP(Mixer(h))`` (no residual around the mixer)."""
+
+    def __init__(self, config: M2Config, *, rngs: nnx.Rngs):
+        self.mixer = M2Mixer(config.d_model, config.max_seq_len, config=config, rngs=rngs)
+        self.mlp = BlockDiagGLU(
+            config.d_model,
+            config.d_ff,
+            config.mlp_nblocks,
+            eps=config.layer_norm_eps,
+            dropout=config.dropout,
+            dtype=jnp.dtype(config.dtype),
+            implementation=config.implementation,
+            rngs=rngs,
+        )
+
+    def __call__(self, h: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+        return self.mlp(self.mixer(h))
+
+
+class M2Bert(nnx.Module):
+    """M2-BERT: embeddings, ``n_layers`` M2 layers, MLM head (tied decoder) and CLS pooler.
+
+    ``__call__`` returns the MLM logits; ``encode`` the hidden states; ``pool`` the CLS embedding
+    (the retrieval embedding of M2-BERT-32k). Linear and embedding weights follow BERT's N(0, 0.02)
+    init; block-diagonal weights keep m2's own init.
+    """
+
+    def __init__(self, config: M2Config, *, rngs: nnx.Rngs):
+        if config.causal:
+            raise ValueError(
+                "M2Bert is the bidirectional encoder; build the causal M2-GPT with models.lm.M2GPT"
+            )
+        self.config = config
+        d, dtype = config.d_model, jnp.dtype(config.dtype)
+        init = nnx.initializers.normal(config.init_std)
+        self.word_emb = nnx.Embed(config.vocab_size, d, embedding_init=init, dtype=dtype, rngs=rngs)
+        self.pos_emb = nnx.Embed(config.max_seq_len, d, embedding_init=init, dtype=dtype, rngs=rngs)
+        self.type_emb = nnx.Embed(config.type_vocab_size, d, embedding_init=init, dtype=dtype, rngs=rngs)
+        self.emb_norm = nnx.LayerNorm(d, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.emb_dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.layers = nnx.List([M2BertLayer(config, rngs=rngs) for _ in range(config.n_layers)])
+        lin = dict(kernel_init=init, dtype=dtype, rngs=rngs)
+        self.mlm_dense = nnx.Linear(d, d, **lin)
+        self.mlm_norm = nnx.LayerNorm(d, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.mlm_bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
+        self.pooler = nnx.Linear(d, d, **lin)
+        # BERT's _init_weights: every Linear (filter FFNs included) N(0, init_std) with zero bias.
+        reinit_linears(self, rngs, std=config.init_std)
+
+    def encode(
+        self, input_ids: Int[Array, "b l"], token_type_ids: Int[Array, "b l"] | None = None
+    ) -> Float[Array, "b l d"]:
+        length = input_ids.shape[1]
+        if length > self.config.max_seq_len:
+            raise ValueError(f"sequence length {length} exceeds max_seq_len={self.config.max_seq_len}")
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        h = self.word_emb(input_ids) + self.pos_emb(jnp.arange(length))[None] + self.type_emb(token_type_ids)
+        h = self.emb_dropout(self.emb_norm(h))
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
+    def mlm_logits(self, h: Float[Array, "b l d"]) -> Float[Array, "b l v"]:
+        x = self.mlm_norm(jax.nn.gelu(self.mlm_dense(h), approximate=False))
+        return self.word_emb.attend(x) + self.mlm_bias[...].astype(x.dtype)
+
+    def pool(self, h: Float[Array, "b l d"]) -> Float[Array, "b d"]:
+        return jnp.tanh(self.pooler(h[:, 0]))
+
+    def __call__(
+        self, input_ids: Int[Array, "b l"], token_type_ids: Int[Array, "b l"] | None = None
+    ) -> Float[Array, "b l v"]:
+        return self.mlm_logits(self.encode(input_ids, token_type_ids))

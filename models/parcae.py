@@ -1,0 +1,266 @@
+"""Parcae, a stable looped language model (Prairie, Novack, Berg-Kirkpatrick, Fu 2026,
+arXiv:2604.12946), following ``parcae_lm/models/parcae/parcae.py`` and ``modules/injection.py``.
+
+Forward::
+
+    e   = RMSNorm(Prelude(Embed(tokens)))                  prelude blocks run once
+    h_0 = 0, or ~ TruncNormal(0, init_std) when a key is given ("like-init")
+    for t in 1..T:                                         T loop iterations of the core blocks
+        h_t = Core(Inject(h_{t-1}, e))
+    logits = Head(RMSNorm(Coda(C h_T)))                    C: Linear(d, d, no bias); tied head
+
+Diagonal injection (a negative-diagonal SSM step, ZOH for A, Euler for B)::
+
+    Inject(h, e) = exp(-softplus(dt_bias) . exp(A_log)) . h + softplus(dt_bias) . (B e)
+
+whose decay is in (0, 1) for every parameter value, so the loop is a contraction in h. We also floor
+the rate ``softplus(dt_bias) exp(A_log)`` at 1e-6 so the bound survives float32 underflow (our
+addition; at any trained value it is inactive). Baselines: ``linear`` injection ``W [h; e]``
+(Huginn-style, can have spectral radius > 1) and ``additive`` ``h + e`` (radius 1).
+
+Training (``train=True``): per sequence ``T ~ clip(Poisson(mean_recurrence), 1, max_recurrence)``;
+the first ``T - k`` iterations run without gradient and the last ``k = min(T, backprop_depth)`` with
+it (truncated backpropagation through the loop), sequences masked where their count is done. At
+evaluation T is fixed (``mean_recurrence`` unless ``num_loops`` is given).
+
+Blocks: pre-norm RMSNorm, attention with QK-norm and RoPE, squared-ReLU MLP, no biases.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxflash.models.config import ParcaeConfig
+from jaxflash.models.transformer import MLP, Attention, Block, reinit_linears
+from jaxtyping import Array, Float, Int
+
+State = dict[str, Any]
+
+# Smallest decay rate: exp(-1e-6) rounds below 1 in float32, while a rate of 0 would give decay 1.
+MIN_DECAY_RATE = 1e-6
+
+
+class NoDecayParam(nnx.Param):
+    """A parameter trained without weight decay (Parcae's ``_no_weight_decay``: A_log, dt_bias, B, C)."""
+
+
+class DiagonalInjection(nnx.Module):
+    """``h <- exp(-softplus(dt_bias) exp(A_log)) . h + softplus(dt_bias) . (B e)``."""
+
+    def __init__(self, d_model: int, *, ssm_decay: float = math.sqrt(0.2), rngs: nnx.Rngs):
+        del rngs  # deterministic init: A = 1, B = I, dt_bias from the target decay
+        if not 0 < ssm_decay < 1:
+            raise ValueError(f"ssm_decay={ssm_decay} must lie in (0, 1)")
+        # softplus(dt_bias) = -ln(ssm_decay), so the initial decay exp(-softplus(dt_bias)) is ssm_decay.
+        rate = -math.log(ssm_decay)
+        self.A_log = NoDecayParam(jnp.zeros((d_model,), jnp.float32))
+        self.dt_bias = NoDecayParam(jnp.full((d_model,), math.log(math.expm1(rate)), jnp.float32))
+        self.B = NoDecayParam(jnp.eye(d_model, dtype=jnp.float32))
+
+    def decay(self) -> Float[Array, " d"]:
+        # rate = softplus(dt_bias) exp(A_log), formed in log space so that an underflowing softplus
+        # times an overflowing exp(A_log) cannot make 0 * inf = nan.
+        dt_bias = self.dt_bias[...]
+        log_dt = jnp.where(dt_bias < -20.0, dt_bias, jnp.log(jax.nn.softplus(jnp.maximum(dt_bias, -20.0))))
+        log_rate = jnp.maximum(log_dt + self.A_log[...], math.log(MIN_DECAY_RATE))
+        return jnp.exp(-jnp.exp(log_rate))
+
+    def __call__(self, h: Float[Array, "... d"], e: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        dt = jax.nn.softplus(self.dt_bias[...])
+        return (self.decay() * h + dt * (e @ self.B[...].T.astype(e.dtype))).astype(h.dtype)
+
+
+class LinearInjection(nnx.Module):
+    """Baseline ``W [h; e]`` (concat adapter, Huginn-style); its spectral radius in h is unconstrained."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs):
+        self.proj = nnx.Linear(2 * d_model, d_model, use_bias=False, rngs=rngs)
+
+    def __call__(self, h: Float[Array, "... d"], e: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        return self.proj(jnp.concatenate([h, e.astype(h.dtype)], axis=-1))
+
+
+class AdditiveInjection(nnx.Module):
+    """Baseline ``h + e`` (spectral radius exactly 1)."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs):
+        del d_model, rngs
+
+    def __call__(self, h: Float[Array, "... d"], e: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        return h + e.astype(h.dtype)
+
+
+def make_injection(config: ParcaeConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    if config.injection == "diagonal":
+        return DiagonalInjection(config.d_model, ssm_decay=config.ssm_decay, rngs=rngs)
+    if config.injection == "linear":
+        return LinearInjection(config.d_model, rngs=rngs)
+    return AdditiveInjection(config.d_model, rngs=rngs)
+
+
+def _block(config: ParcaeConfig, rngs: nnx.Rngs) -> Block:
+    dtype = jnp.dtype(config.dtype)
+    attn = Attention(
+        config.d_model,
+        config.attention,
+        dtype=dtype,
+        implementation=config.implementation,
+        norm_eps=config.norm_eps,
+        rngs=rngs,
+    )
+    mlp = MLP(config.d_model, config.d_ff, kind="relu2", use_bias=False, dtype=dtype, rngs=rngs)
+    return Block(config.d_model, attn, mlp, norm="rms", norm_eps=config.norm_eps, dtype=dtype, rngs=rngs)
+
+
+class LoopedCore(nnx.Module):
+    """One loop iteration: ``h <- Core(Inject(h, e))``."""
+
+    def __init__(self, config: ParcaeConfig, *, rngs: nnx.Rngs):
+        self.injection = make_injection(config, rngs=rngs)
+        self.blocks = nnx.List([_block(config, rngs) for _ in range(config.n_core)])
+
+    def __call__(self, h: Float[Array, "b l d"], e: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+        x = self.injection(h, e)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class Parcae(nnx.Module):
+    """The Parcae LM (module docstring): ``tokens [b, l] -> logits [b, l, vocab]`` (f32)."""
+
+    def __init__(self, config: ParcaeConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype = jnp.dtype(config.dtype)
+        d = config.d_model
+        self.embed = nnx.Embed(
+            config.vocab_size,
+            d,
+            embedding_init=nnx.initializers.normal(config.init_std),
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.prelude = nnx.List([_block(config, rngs) for _ in range(config.n_prelude)])
+        self.prelude_norm = nnx.RMSNorm(d, epsilon=config.norm_eps, dtype=dtype, rngs=rngs)
+        self.core = LoopedCore(config, rngs=rngs)
+        self.C = nnx.Linear(d, d, use_bias=False, dtype=dtype, rngs=rngs)
+        self.coda = nnx.List([_block(config, rngs) for _ in range(config.n_coda)])
+        self.final_norm = nnx.RMSNorm(d, epsilon=config.norm_eps, dtype=dtype, rngs=rngs)
+        n_layers = config.n_prelude + config.n_core + config.n_coda
+        reinit_linears(
+            self,
+            rngs,
+            std=config.init_std,
+            scaled=("out_proj", "fc2"),
+            scaled_std=config.init_std / math.sqrt(2 * n_layers),
+        )
+        self.C.kernel = NoDecayParam(self.C.kernel[...])
+
+    def _embed(self, tokens: Int[Array, "b l"]) -> Float[Array, "b l d"]:
+        x = self.embed(tokens)
+        for block in self.prelude:
+            x = block(x)
+        return self.prelude_norm(x)
+
+    def _head(self, h: Float[Array, "b l d"]) -> Float[Array, "b l v"]:
+        x = self.C(h)
+        for block in self.coda:
+            x = block(x)
+        return self.embed.attend(self.final_norm(x)).astype(jnp.float32)
+
+    def _initial_state(self, e: jax.Array, key: jax.Array | None) -> jax.Array:
+        if key is None:
+            return jnp.zeros_like(e)
+        std = self.config.init_std
+        return (std * jax.random.truncated_normal(key, -2.0, 2.0, e.shape, jnp.float32)).astype(e.dtype)
+
+    def sample_loops(self, key: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
+        """Per-sequence ``(n, k)``: iterations without and with gradient, ``n + k = T``."""
+        cfg = self.config
+        total = jnp.clip(jax.random.poisson(key, cfg.mean_recurrence, (batch,)), 1, cfg.max_recurrence)
+        k = jnp.minimum(total, cfg.backprop_depth)
+        return (total - k).astype(jnp.int32), k.astype(jnp.int32)
+
+    def __call__(
+        self,
+        tokens: Int[Array, "b l"],
+        *,
+        num_loops: int | None = None,
+        train: bool = False,
+        key: jax.Array | None = None,
+    ) -> Float[Array, "b l v"]:
+        """Logits. ``train=True`` draws the loop counts (needs ``key``); otherwise ``num_loops`` (default
+        ``mean_recurrence``) iterations run for every sequence. ``key`` also draws h_0 (zeros without)."""
+        if num_loops is not None and num_loops < 1:
+            raise ValueError(f"num_loops={num_loops} must be >= 1")
+        if train and key is None:
+            raise ValueError("train=True samples per-sequence loop counts: pass key=")
+        e = self._embed(tokens)
+        if not train:
+            h = self._initial_state(e, key)
+            for _ in range(num_loops or self.config.mean_recurrence):
+                h = self.core(h, e)
+            return self._head(h)
+        key_loops, key_init = jax.random.split(key)
+        n, k = self.sample_loops(key_loops, tokens.shape[0])
+        h = self.truncated_loop(self._initial_state(e, key_init), e, n, k)
+        return self._head(h)
+
+    def truncated_loop(
+        self, h: jax.Array, e: jax.Array, n: Int[Array, " b"], k: Int[Array, " b"]
+    ) -> jax.Array:
+        """``n[i]`` iterations without gradient, then ``k[i]`` with it, for each sequence i."""
+        graphdef, params, rest = nnx.split(self.core, nnx.Param, ...)
+        frozen = jax.lax.stop_gradient(params)
+        e_frozen = jax.lax.stop_gradient(e)
+
+        def body(carry):
+            step, h = carry
+            h_new = nnx.merge(graphdef, frozen, rest)(h, e_frozen)
+            return step + 1, jnp.where((step < n)[:, None, None], h_new, h)
+
+        _, h = jax.lax.while_loop(lambda c: c[0] < jnp.max(n), body, (jnp.zeros((), jnp.int32), h))
+        h = jax.lax.stop_gradient(h)
+        for step in range(self.config.backprop_depth):
+            h = jnp.where((step < k)[:, None, None], self.core(h, e), h)
+        return h
+
+    # --- generation: one KV cache per (loop iteration, core block) --------------------------------------
+
+    def init_state(self, batch: int, max_len: int, num_loops: int | None = None) -> State:
+        loops = num_loops or self.config.mean_recurrence
+        return dict(
+            prelude=[b.init_state(batch, max_len) for b in self.prelude],
+            core=[[b.init_state(batch, max_len) for b in self.core.blocks] for _ in range(loops)],
+            coda=[b.init_state(batch, max_len) for b in self.coda],
+        )
+
+    def step(self, tokens: Int[Array, " b"], state: State) -> tuple[Float[Array, "b v"], State]:
+        """Next-token logits for one token per sequence (h_0 = 0, the loop count of ``init_state``)."""
+        x = self.embed(tokens)
+        prelude = []
+        for block, s in zip(self.prelude, state["prelude"], strict=True):
+            x, s = block.step(x, s)
+            prelude.append(s)
+        e = self.prelude_norm(x)
+        h = jnp.zeros_like(e)
+        core = []
+        for loop_states in state["core"]:
+            x = self.core.injection(h, e)
+            new = []
+            for block, s in zip(self.core.blocks, loop_states, strict=True):
+                x, s = block.step(x, s)
+                new.append(s)
+            core.append(new)
+            h = x
+        x = self.C(h)
+        coda = []
+        for block, s in zip(self.coda, state["coda"], strict=True):
+            x, s = block.step(x, s)
+            coda.append(s)
+        logits = self.embed.attend(self.final_norm(x)).astype(jnp.float32)
+        return logits, dict(prelude=prelude, core=core, coda=coda)

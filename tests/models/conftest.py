@@ -1,0 +1,41 @@
+"""Checks shared by the model tests: causality by perturbation and step-vs-parallel equality."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxflash.testing import assert_close
+
+
+def assert_causal(module, x, cut: int, *, atol: float = 1e-5):
+    """Outputs before ``cut`` must not change when the inputs at and after ``cut`` change, and the later
+    outputs must change (so the check can fail)."""
+    fn = nnx.jit(lambda m, x: m(x))
+    y = fn(module, x)
+    noise = 1.0 + jax.random.normal(jax.random.key(7), x[:, cut:].shape, x.dtype)
+    y2 = fn(module, x.at[:, cut:].add(noise))
+    np.testing.assert_allclose(np.asarray(y2[:, :cut]), np.asarray(y[:, :cut]), atol=atol, rtol=atol)
+    assert float(jnp.max(jnp.abs(y2[:, cut:] - y[:, cut:]))) > 1e-3, (
+        "the perturbation did not reach the output"
+    )
+
+
+def assert_step_matches(module, x, *, atol: float = 1e-5, max_len: int | None = None, **init_kw):
+    """``step`` fed token by token reproduces the parallel forward at every position."""
+    y = nnx.jit(lambda m, x: m(x))(module, x)
+    state = module.init_state(x.shape[0], max_len or x.shape[1] + 3, **init_kw)
+    step = nnx.jit(lambda m, xt, s: m.step(xt, s))
+    outs = []
+    for t in range(x.shape[1]):
+        out, state = step(module, x[:, t], state)
+        outs.append(out)
+    assert_close(jnp.stack(outs, axis=1), y, atol=atol, rtol=atol)
+
+
+@pytest.fixture
+def checks():
+    return type(
+        "Checks", (), dict(causal=staticmethod(assert_causal), step=staticmethod(assert_step_matches))
+    )

@@ -1,0 +1,88 @@
+"""Hyena pinned to safari's code: implicit filter (positional encoding, one shared Sin frequency,
+decay window, bias as skip), gates before each of the N-1 long convolutions; causality and the step."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jaxflash.models.config import HyenaConfig
+from jaxflash.models.hyena import HyenaFilter, HyenaOperator
+
+from jaxflash.testing import assert_close, random_normal
+
+CFG = HyenaConfig(order=2, filter_order=8, emb_dim=5, sine_freq=3.0)
+
+
+def test_filter_positional_encoding_frequency_and_decay():
+    filt = HyenaFilter(6, 20, CFG, rngs=nnx.Rngs(0))
+    z = np.asarray(filt.z[...])
+    t = np.linspace(0, 1, 20)
+    w = 2 * np.pi * np.arange(20) / 20
+    f = np.linspace(1e-4, 1, 2)  # bands = (5 - 1) / 2 = 2
+    assert_close(
+        z, np.concatenate([t[:, None], np.cos(np.outer(w, f)), -np.sin(np.outer(w, f))], 1), atol=1e-6
+    )
+    # One Sin frequency vector, shared by every Sin layer of the FFN.
+    freqs = [p for path, p in nnx.iter_graph(filt) if path and path[-1] == "freq"]
+    assert len(freqs) == 1 and freqs[0].shape == (8,) and np.all(np.asarray(freqs[0][...]) == 3.0)
+    # Decay: channel c reaches 1% at a fraction between 1.5 (first) and 0.3 (last) of the length.
+    decay = np.asarray(filt.decay(20))
+    delta = np.linspace(math.log(1e-2) / 1.5, math.log(1e-2) / 0.3, 6)
+    assert_close(decay, np.exp(-t[:, None] * np.abs(delta)), atol=1e-6)
+
+    # The kernel is FFN(z) times the window, and its prefix does not depend on the length asked for.
+    def by_hand(f):
+        x = jnp.sin(f.freq[...] * f.ffn.first(f.z[...]))
+        for layer in f.ffn.inner:
+            x = jnp.sin(f.freq[...] * layer(x))
+        return f.kernel(20), f.kernel(7), f.ffn.last(x) * f.decay(20)
+
+    h, h7, expected = nnx.jit(by_hand)(filt)
+    assert_close(h7, h[:7])
+    assert_close(h, expected, atol=1e-6)
+
+
+def _causal(x, k):
+    y = np.zeros_like(x)
+    for t in range(x.shape[1]):
+        for j in range(t + 1):
+            y[:, t] += k[j] * x[:, t - j]
+    return y
+
+
+def test_order2_operator_gates_before_the_long_conv(key):
+    d, length = 4, 9
+    op = HyenaOperator(d, 16, CFG, implementation="xla", rngs=nnx.Rngs(1))
+    u = random_normal(key, (2, length, d))
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    out, z, h = nnx.jit(lambda m, u: (m(u), m.in_proj(u), m.filter.kernel(length)))(op, u)
+    z, h = f64(z), f64(h)
+    w, b = f64(op.short_conv.weight[...]), f64(op.short_conv.bias[...])
+    zp = np.pad(z, ((0, 0), (2, 0), (0, 0)))
+    zc = (
+        w[0] * zp[:, :-2] + w[1] * zp[:, 1:-1] + w[2] * zp[:, 2:] + b
+    )  # causal 3 taps, w[-1] on the current step
+    x0, x1, v = zc[..., :d], zc[..., d : 2 * d], zc[..., 2 * d :]
+    bias = f64(op.filter.bias[...])
+    g = x1 * v  # the gate comes first ...
+    y = x0 * (_causal(g, h) + bias * g)  # ... then the long convolution with the bias as D-skip
+    expected = y @ f64(op.out_proj.kernel[...]) + f64(op.out_proj.bias[...])
+    assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_operator_is_causal_and_step_matches(key, checks, order):
+    cfg = HyenaConfig(order=order, filter_order=8, emb_dim=3)
+    op = HyenaOperator(8, 16, cfg, implementation="xla", rngs=nnx.Rngs(2))
+    assert op.filter.channels == (order - 1) * 8  # N - 1 long convolutions
+    u = random_normal(key, (2, 10, 8))
+    checks.causal(op, u, cut=6)
+    checks.step(op, u, max_len=16, atol=5e-5)
+
+
+def test_operator_rejects_sequences_longer_than_the_filter(key):
+    op = HyenaOperator(4, 8, CFG, implementation="xla", rngs=nnx.Rngs(3))
+    with pytest.raises(ValueError, match="exceeds the filter's max_len=8"):
+        op(random_normal(key, (1, 9, 4)))

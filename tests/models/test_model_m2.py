@@ -1,0 +1,106 @@
+"""Monarch Mixer: the bidirectional mixer's reverse filter at negative lags, no residual around the
+mixer, the block-diagonal post-LN GLU, the BERT heads; the causal (M2-GPT) mixer's causality and step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxflash.models import config as C
+from jaxflash.models.lm import M2GPT
+from jaxflash.models.m2 import M2Bert, M2BertLayer, M2Mixer
+
+from jaxflash.testing import assert_close, random_normal
+
+
+def _conv_2l(g, k_f, k_r, bias):
+    """y_t = sum_{s <= t} k_f[t - s] g_s + sum_{s > t} k_r[s - t - 1] g_s + bias g_t (float64)."""
+    y = bias * g
+    length = g.shape[1]
+    for t in range(length):
+        for s in range(length):
+            y[:, t] += (k_f[t - s] if s <= t else k_r[s - t - 1]) * g[:, s]
+    return y
+
+
+def test_bidirectional_mixer_equations(key):
+    cfg = C.m2_bert_tiny(d_model=4, residual_long_conv=True)
+    mixer = M2Mixer(4, 8, config=cfg, rngs=nnx.Rngs(0))
+    u = random_normal(key, (2, 6, 4))
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    parts = nnx.jit(
+        lambda m, u: (
+            m(u),
+            m.in_linear(u),
+            m.filter.kernel(6),
+            m.filter.kernel_rev(6),
+            m.filter2.kernel(6),
+            m.filter2.kernel_rev(6),
+        )
+    )(mixer, u)
+    out, z, kf, kr, kf2, kr2 = map(f64, parts)
+    w, b = f64(mixer.short_conv.weight[...]), f64(mixer.short_conv.bias[...])
+    zp = np.pad(z, ((0, 0), (2, 0), (0, 0)))
+    zc = w[0] * zp[:, :-2] + w[1] * zp[:, 1:-1] + w[2] * zp[:, 2:] + b  # the short conv stays causal
+    x1, x2, v = np.split(zc, 3, axis=-1)
+    y = x2 * _conv_2l(x1 * v, kf, kr, f64(mixer.filter.bias[...]))
+    y = y + _conv_2l(f64(u), kf2, kr2, f64(mixer.filter2.bias[...]))  # on the raw input
+    expected = y @ f64(mixer.out_proj.kernel[...]) + f64(mixer.out_proj.bias[...])
+    assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_block_diagonal_glu_and_layer_without_mixer_residual(key):
+    cfg = C.m2_bert_tiny(d_model=8, d_ff=16, mlp_nblocks=4)
+    layer = M2BertLayer(cfg, rngs=nnx.Rngs(1))
+    mlp = layer.mlp
+    h = random_normal(key, (2, 5, 8))
+    dense = lambda w: jax.scipy.linalg.block_diag(*np.asarray(w, np.float64))  # noqa: E731  [nb q p] -> [nb q, nb p]
+    h64 = np.asarray(h, np.float64)
+    x = h64 @ dense(mlp.gated.w[...]).T
+    x = np.asarray(jax.nn.gelu(jnp.asarray(x[..., :16]), approximate=False), np.float64) * x[..., 16:]
+    out = x @ dense(mlp.out.w[...]).T + np.asarray(mlp.out.bias[...]) + h64
+    mu, var = out.mean(-1, keepdims=True), out.var(-1, keepdims=True)
+    expected = (out - mu) / np.sqrt(var + 1e-12) * np.asarray(mlp.norm.scale[...]) + np.asarray(
+        mlp.norm.bias[...]
+    )
+    # h <- MLP(Mixer(h)): the mixer's output is not added back to h.
+    got_mlp, got_layer, composed = nnx.jit(lambda m, x: (m.mlp(x), m(x), m.mlp(m.mixer(x))))(layer, h)
+    assert_close(got_mlp, expected, atol=1e-5)
+    assert_close(got_layer, composed, atol=1e-5)
+
+
+def test_bert_heads(key):
+    model = M2Bert(C.m2_bert_tiny(), rngs=nnx.Rngs(2))
+    ids = jax.random.randint(key, (2, 10), 0, 16)
+
+    def heads(m, i):
+        hidden = m.encode(i)
+        x = m.mlm_norm(jax.nn.gelu(m.mlm_dense(hidden), approximate=False))
+        tied = x @ m.word_emb.embedding[...].T + m.mlm_bias[...]
+        return hidden, m(i), tied, m.pool(hidden), jnp.tanh(m.pooler(hidden[:, 0]))
+
+    run = nnx.jit(heads)
+    hidden, logits, tied, pooled, cls = run(model, ids)
+    assert hidden.shape == (2, 10, 32) and logits.shape == (2, 10, 16) and pooled.shape == (2, 32)
+    assert_close(logits, tied, atol=1e-4)  # the MLM decoder is the word embedding (plus a bias)
+    assert_close(pooled, cls)
+    # Bidirectional: an early position sees a later token.
+    later = run(model, ids.at[:, 8].set((ids[:, 8] + 1) % 16))[0]
+    assert float(jnp.max(jnp.abs(later[:, 0] - hidden[:, 0]))) > 1e-4
+
+
+def test_causal_mixer_and_m2_gpt_are_causal_and_step(key, checks):
+    cfg = C.m2_gpt_tiny(d_model=8, residual_long_conv=True)
+    mixer = M2Mixer(8, 16, config=cfg, rngs=nnx.Rngs(3))
+    u = random_normal(key, (2, 8, 8))
+    checks.causal(mixer, u, cut=4)
+    checks.step(mixer, u, max_len=16, atol=5e-5)
+    model = M2GPT(C.m2_gpt_tiny(init_std=0.3), rngs=nnx.Rngs(4))
+    ids = jax.random.randint(key, (2, 8), 0, 16)
+    logits = nnx.jit(lambda m, i: m(i))(model, ids)
+    state = model.init_state(2, 12)
+    step = nnx.jit(lambda m, t, s: m.step(t, s))
+    outs = []
+    for t in range(8):
+        out, state = step(model, ids[:, t], state)
+        outs.append(out)
+    assert_close(jnp.stack(outs, 1), logits, atol=5e-5, rtol=5e-5)
