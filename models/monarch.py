@@ -121,8 +121,16 @@ class MonarchLinear(nnx.Module):
     ) -> MonarchLinear:
         """The Monarch layer nearest (Frobenius) to a dense ``y = x @ kernel + bias`` layer."""
         in_features, out_features = kernel.shape
-        layer = cls(in_features, out_features, nblocks=nblocks, use_bias=bias is not None, dtype=dtype,
-                    param_dtype=param_dtype, implementation=implementation, rngs=rngs or nnx.Rngs(0))
+        layer = cls(
+            in_features,
+            out_features,
+            nblocks=nblocks,
+            use_bias=bias is not None,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            implementation=implementation,
+            rngs=rngs or nnx.Rngs(0),
+        )
         w1, w2 = monarch_ops.project(jnp.asarray(kernel).T, layer.nblocks)
         layer.w1[...] = w1.astype(param_dtype)
         layer.w2[...] = w2.astype(param_dtype)
@@ -137,7 +145,9 @@ class MonarchLinear(nnx.Module):
     def __call__(self, x: Float[Array, "*batch in_features"]) -> Float[Array, "*batch out_features"]:
         dtype = self.dtype or jnp.result_type(x, self.w1[...])
         y = jaxflash.monarch_matmul(
-            x.astype(dtype), self.w1[...].astype(dtype), self.w2[...].astype(dtype),
+            x.astype(dtype),
+            self.w1[...].astype(dtype),
+            self.w2[...].astype(dtype),
             implementation=self.implementation,
         )
         if self.bias is not None:

@@ -118,9 +118,7 @@ def kept_frequency_mask(n: int, keep_frequencies: int | None) -> np.ndarray:
     return np.minimum(f, n - f) < keep_frequencies
 
 
-def make_plan(
-    seq_len: int, kernel_len: int, n: int, keep_frequencies: int | None, min_dim: int = 1
-) -> _Plan:
+def make_plan(seq_len: int, kernel_len: int, n: int, keep_frequencies: int | None, min_dim: int = 1) -> _Plan:
     """Sizes of every stage; ``min_dim`` is the smallest matmul dimension allowed (16 for Triton)."""
     n1, n2 = factor(n)
 
@@ -184,8 +182,12 @@ def kernel_spectrum(k: jax.Array, plan: _Plan) -> tuple[jax.Array, jax.Array]:
 
 
 def _dot(a, b, matmul_dtype, precision):
-    return jnp.dot(a.astype(matmul_dtype), b.astype(matmul_dtype), preferred_element_type=jnp.float32,
-                   precision=precision)
+    return jnp.dot(
+        a.astype(matmul_dtype),
+        b.astype(matmul_dtype),
+        preferred_element_type=jnp.float32,
+        precision=precision,
+    )
 
 
 def _forward_fft(x, f1r, f1i, twr, twi, f2r, f2i, mm):
@@ -321,8 +323,12 @@ def conv_rows(
         *_const_specs(consts),
     ]
     kernel = functools.partial(
-        _conv_kernel, has_pre=pre is not None, has_post=post is not None, rows=rows,
-        matmul_dtype=mm_dtype, precision=_precision(mm_dtype),
+        _conv_kernel,
+        has_pre=pre is not None,
+        has_post=post is not None,
+        rows=rows,
+        matmul_dtype=mm_dtype,
+        precision=_precision(mm_dtype),
     )
     out = pl.pallas_call(
         kernel,
@@ -332,7 +338,9 @@ def conv_rows(
         out_shape=jax.ShapeDtypeStruct((chans, batch, plan.rows_out, plan.n2), out_dtype),
         interpret=interpret,
         compiler_params=compiler_params(
-            interpret, num_warps=_num_warps(config, plan), num_stages=config.num_stages,
+            interpret,
+            num_warps=_num_warps(config, plan),
+            num_stages=config.num_stages,
             dimension_semantics=("parallel", "parallel"),
         ),
         name="fftconv_forward",
@@ -367,8 +375,12 @@ def kernel_grad_rows(
     inputs += [_to_rows(g, plan), jnp.asarray(mask, jnp.float32), *consts]
     specs += [row_spec, pl.BlockSpec(mask.shape, lambda i, j: (0, 0)), *_const_specs(consts)]
     kernel = functools.partial(
-        _kernel_grad_kernel, has_pre=pre is not None, rows=rows, batch=batch,
-        matmul_dtype=mm_dtype, precision=_precision(mm_dtype),
+        _kernel_grad_kernel,
+        has_pre=pre is not None,
+        rows=rows,
+        batch=batch,
+        matmul_dtype=mm_dtype,
+        precision=_precision(mm_dtype),
     )
     # One partial sum per batch block (programs run in parallel); the blocks are summed by XLA.
     out = pl.pallas_call(
@@ -379,7 +391,9 @@ def kernel_grad_rows(
         out_shape=jax.ShapeDtypeStruct((chans, nb, plan.rows_dk, plan.n2), jnp.float32),
         interpret=interpret,
         compiler_params=compiler_params(
-            interpret, num_warps=_num_warps(config, plan), num_stages=config.num_stages,
+            interpret,
+            num_warps=_num_warps(config, plan),
+            num_stages=config.num_stages,
             dimension_semantics=("parallel", "parallel"),
         ),
         name="fftconv_kernel_grad",
@@ -430,8 +444,18 @@ def fftconv(
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _fftconv(u, k, skip, pre, post, static: _Static):
     kr, ki = kernel_spectrum(k, static.plan)
-    return conv_rows(u, kr, ki, skip, pre, post, static.plan, out_dtype=u.dtype,
-                     interpret=static.interpret, config=static.config)
+    return conv_rows(
+        u,
+        kr,
+        ki,
+        skip,
+        pre,
+        post,
+        static.plan,
+        out_dtype=u.dtype,
+        interpret=static.interpret,
+        config=static.config,
+    )
 
 
 def _fftconv_fwd(u, k, skip, pre, post, static):
@@ -510,11 +534,14 @@ def fft_size_ok(n: int, compiled: bool) -> str | None:
     if n & (n - 1) or n < 4:
         return f"the Pallas kernel needs a power-of-two FFT size, got {n}"
     if compiled and n < MIN_COMPILED_FFT_SIZE:
-        return (f"the compiled kernel needs FFT size >= {MIN_COMPILED_FFT_SIZE} (Triton dot dims >= 16), "
-                f"got {n}")
+        return (
+            f"the compiled kernel needs FFT size >= {MIN_COMPILED_FFT_SIZE} (Triton dot dims >= 16), got {n}"
+        )
     if compiled and n > MAX_FFT_SIZE:
-        return (f"FFT size {n} > {MAX_FFT_SIZE}: the order-2 kernel's working set does not fit on chip "
-                "(order-3/4 decompositions are not implemented)")
+        return (
+            f"FFT size {n} > {MAX_FFT_SIZE}: the order-2 kernel's working set does not fit on chip "
+            "(order-3/4 decompositions are not implemented)"
+        )
     return None
 
 
@@ -522,4 +549,3 @@ def smallest_fft_size(n: int, compiled: bool) -> int:
     """The power-of-two FFT size the kernel uses for a circular size of at least ``n``."""
     size = max(_next_pow2(n), 4)
     return max(size, MIN_COMPILED_FFT_SIZE) if compiled else size
-

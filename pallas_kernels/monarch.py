@@ -76,14 +76,17 @@ def _is_pow2(v: int) -> bool:
     return v > 0 and v & (v - 1) == 0
 
 
-def unsupported_reason(w1_shape: tuple[int, ...], w2_shape: tuple[int, ...],
-                       config: MonarchConfig = DEFAULT_CONFIG) -> str | None:
+def unsupported_reason(
+    w1_shape: tuple[int, ...], w2_shape: tuple[int, ...], config: MonarchConfig = DEFAULT_CONFIG
+) -> str | None:
     """Why the fused kernel cannot serve these factor shapes, or None when it can."""
     k, q, p = w1_shape
     l, s, r = w2_shape
     if l != q or r != k:
-        return (f"the fused kernel needs l == q and r == k (got w1 {tuple(w1_shape)}, w2 {tuple(w2_shape)}); "
-                "other Monarch shapes run on the 'xla' implementation")
+        return (
+            f"the fused kernel needs l == q and r == k (got w1 {tuple(w1_shape)}, w2 {tuple(w2_shape)}); "
+            "other Monarch shapes run on the 'xla' implementation"
+        )
     for name, v in (("k", k), ("q", q), ("p", p), ("s", s)):
         if not _is_pow2(v) or v < _MIN_DOT_DIM:
             return f"the fused kernel needs {name} a power of two >= {_MIN_DOT_DIM}; got {name}={v}"
@@ -117,8 +120,11 @@ def _kernel(x_ref, w1t_ref, w2_ref, o_ref, *, block_r: int, block_p: int):
         w2c = w2_ref[:, pl.ds(r0, br)]
         # h is rounded to the compute dtype as the unfused two-bmm path does, so bf16 runs on tensor cores.
         acc = acc + jax.lax.dot_general(
-            h.astype(w2c.dtype), w2c, (((1,), (1,)), ((), ())),
-            precision=precision, preferred_element_type=jnp.float32,
+            h.astype(w2c.dtype),
+            w2c,
+            (((1,), (1,)), ((), ())),
+            precision=precision,
+            preferred_element_type=jnp.float32,
         )
     o_ref[...] = acc.astype(o_ref.dtype)
 
@@ -147,7 +153,9 @@ def _fused(x3: jax.Array, w1t: jax.Array, w2: jax.Array, interpret: Any, config:
         out_shape=jax.ShapeDtypeStruct((padded, num_s, num_l), x3.dtype),
         interpret=interpret,
         compiler_params=compiler_params(
-            interpret, num_warps=config.num_warps, num_stages=config.num_stages,
+            interpret,
+            num_warps=config.num_warps,
+            num_stages=config.num_stages,
             dimension_semantics=("parallel", "parallel"),
         ),
         name="monarch_fused",
@@ -202,7 +210,11 @@ _monarch.defvjp(_fwd, _bwd)
 
 
 def monarch_matmul(
-    x: jax.Array, w1: jax.Array, w2: jax.Array, *, interpret: Any = False,
+    x: jax.Array,
+    w1: jax.Array,
+    w2: jax.Array,
+    *,
+    interpret: Any = False,
     config: MonarchConfig = DEFAULT_CONFIG,
 ) -> jax.Array:
     """The fused Monarch product of 2-D ``x`` (B, n): (B, l * s); differentiable in all three inputs.

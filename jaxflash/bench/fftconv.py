@@ -63,7 +63,8 @@ def _jnp_fft_conv(u, k, pre=None, post=None):
     x = u.astype(jnp.float32) if pre is None else u.astype(jnp.float32) * pre
     y = jnp.fft.irfft(
         jnp.fft.rfft(x, n=2 * seq, axis=1) * jnp.fft.rfft(k.astype(jnp.float32), n=2 * seq, axis=0)[None],
-        n=2 * seq, axis=1,
+        n=2 * seq,
+        axis=1,
     )[:, :seq]
     return (y if post is None else y * post).astype(u.dtype)
 
@@ -149,7 +150,11 @@ def _gpu_cases(sizes: Sequence[int]) -> list[Case]:
         cases.append(
             Case(
                 config={
-                    "batch": GPU_BATCH, "seq": seq, "channels": GPU_CHANNELS, "gated": True, "dtype": "bf16",
+                    "batch": GPU_BATCH,
+                    "seq": seq,
+                    "channels": GPU_CHANNELS,
+                    "gated": True,
+                    "dtype": "bf16",
                 },
                 candidates=(
                     _jax_candidate("jaxflash pallas", x, "pallas", "bfloat16"),
@@ -174,8 +179,15 @@ SUITE = Suite(
 
 
 def check_against_reference(
-    seq: int, dtype: str, *, gated: bool, causal: bool = True, keep: int | None = None,
-    implementation: str = "pallas", batch: int = 4, chans: int = 48,
+    seq: int,
+    dtype: str,
+    *,
+    gated: bool,
+    causal: bool = True,
+    keep: int | None = None,
+    implementation: str = "pallas",
+    batch: int = 4,
+    chans: int = 48,
 ) -> dict[str, Any]:
     """Output and gradients of ``implementation`` against the f32 reference; raises AssertionError."""
     import jax
@@ -194,8 +206,17 @@ def check_against_reference(
     def f(impl):
         def g(u, k, skip, *gs):
             pre, post = gs if gs else (None, None)
-            return jaxflash.fftconv(u, k, skip=skip, pre_gate=pre, post_gate=post, causal=causal,
-                                    keep_frequencies=keep, implementation=impl)
+            return jaxflash.fftconv(
+                u,
+                k,
+                skip=skip,
+                pre_gate=pre,
+                post_gate=post,
+                causal=causal,
+                keep_frequencies=keep,
+                implementation=impl,
+            )
+
         return g
 
     diff = args + [g for g in gates if g is not None]

@@ -65,8 +65,14 @@ def _cases(sizes: Sequence[int] | None, quick: bool) -> list[Case]:
         checked = d <= _MAX_CHECKED_D
         for mode in ("fwd", "fwd+bwd"):
             factor = 1.0 if mode == "fwd" else 3.0  # backward: one product for dx, one for dW
-            config = {"d": d, "blocks": b, "rows": rows, "dtype": "float32", "pass": mode,
-                      "FLOP ratio": f"{dense_flops / monarch_flops:.0f}x"}
+            config = {
+                "d": d,
+                "blocks": b,
+                "rows": rows,
+                "dtype": "float32",
+                "pass": mode,
+                "FLOP ratio": f"{dense_flops / monarch_flops:.0f}x",
+            }
             candidates = [
                 Candidate("dense jnp.matmul", _dense_setup(d, rows, seed, mode, checked)),
                 Candidate("MonarchLinear xla", _monarch_setup(d, rows, seed, mode, "xla")),
@@ -76,8 +82,15 @@ def _cases(sizes: Sequence[int] | None, quick: bool) -> list[Case]:
             reference = None
             if checked and mode == "fwd":
                 reference = _reference(d, rows, seed)
-            cases.append(Case(config=config, candidates=tuple(candidates), baseline="dense jnp.matmul",
-                              reference=reference, flops=factor * dense_flops))
+            cases.append(
+                Case(
+                    config=config,
+                    candidates=tuple(candidates),
+                    baseline="dense jnp.matmul",
+                    reference=reference,
+                    flops=factor * dense_flops,
+                )
+            )
     return cases
 
 
@@ -161,9 +174,11 @@ def _torch_setup(d: int, rows: int, seed: int, mode: str):
             return torch.bmm(h, w2t).permute(1, 2, 0).reshape(rows, s * l)
 
         if mode == "fwd":
+
             def run():
                 with torch.no_grad():
                     return forward(x, w1t, w2t)
+
             return run
         xg, w1g, w2g = (a.clone().requires_grad_(True) for a in (x, w1t, w2t))
 
@@ -238,14 +253,24 @@ def _gpu_check(w1_shape, w2_shape, rows: int, dtype_name: str, grads: bool) -> d
 
 
 GPU_CHECKS = (
-    GpuCheck("monarch fused kernel f32, n=1024, 1000 rows (fwd+grads)",
-             lambda: _gpu_check((32, 32, 32), (32, 32, 32), 1000, "float32", grads=True)),
-    GpuCheck("monarch fused kernel bf16, n=1024, 1000 rows (fwd+grads)",
-             lambda: _gpu_check((32, 32, 32), (32, 32, 32), 1000, "bfloat16", grads=True)),
-    GpuCheck("monarch fused kernel f32, rectangular 1024 -> 2048",
-             lambda: _gpu_check((64, 32, 16), (32, 64, 64), 512, "float32", grads=True)),
-    GpuCheck("monarch fused kernel f32, n=16384 (128 blocks), 256 rows",
-             lambda: _gpu_check((128, 128, 128), (128, 128, 128), 256, "float32", grads=False)),
-    GpuCheck("monarch fused kernel bf16, n=4096, 4096 rows",
-             lambda: _gpu_check((64, 64, 64), (64, 64, 64), 4096, "bfloat16", grads=False)),
+    GpuCheck(
+        "monarch fused kernel f32, n=1024, 1000 rows (fwd+grads)",
+        lambda: _gpu_check((32, 32, 32), (32, 32, 32), 1000, "float32", grads=True),
+    ),
+    GpuCheck(
+        "monarch fused kernel bf16, n=1024, 1000 rows (fwd+grads)",
+        lambda: _gpu_check((32, 32, 32), (32, 32, 32), 1000, "bfloat16", grads=True),
+    ),
+    GpuCheck(
+        "monarch fused kernel f32, rectangular 1024 -> 2048",
+        lambda: _gpu_check((64, 32, 16), (32, 64, 64), 512, "float32", grads=True),
+    ),
+    GpuCheck(
+        "monarch fused kernel f32, n=16384 (128 blocks), 256 rows",
+        lambda: _gpu_check((128, 128, 128), (128, 128, 128), 256, "float32", grads=False),
+    ),
+    GpuCheck(
+        "monarch fused kernel bf16, n=4096, 4096 rows",
+        lambda: _gpu_check((64, 64, 64), (64, 64, 64), 4096, "bfloat16", grads=False),
+    ),
 )

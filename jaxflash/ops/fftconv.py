@@ -84,8 +84,16 @@ def fftconv(
     """
     n = _validate(u, k, skip, pre_gate, post_gate, causal, fft_size, keep_frequencies)
     return dispatch(
-        "fftconv", implementation, u, k, skip, pre_gate, post_gate,
-        causal=causal, fft_size=n, keep_frequencies=keep_frequencies,
+        "fftconv",
+        implementation,
+        u,
+        k,
+        skip,
+        pre_gate,
+        post_gate,
+        causal=causal,
+        fft_size=n,
+        keep_frequencies=keep_frequencies,
     )
 
 
@@ -288,6 +296,7 @@ def _chunked(fn, arrays, out_like, batch, n):
         return tuple(_cf(r).astype(o.dtype) for r, o in zip(res, out_like, strict=True))
     wide = max(d for d in range(1, chans + 1) if chans % d == 0 and d <= max(32, chunk))
     if wide >= 8:
+
         def body(i, outs):
             c0 = i * wide
             parts = [
@@ -362,8 +371,11 @@ def _forward_chunk(static: _XlaStatic, u, k, skip, pre, post):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _xla_conv(u, k, skip, pre, post, static: _XlaStatic):
     (y,) = _chunked(
-        functools.partial(_forward_chunk, static), (u, k, skip, pre, post),
-        (jax.ShapeDtypeStruct(u.shape, u.dtype),), u.shape[0], static.n,
+        functools.partial(_forward_chunk, static),
+        (u, k, skip, pre, post),
+        (jax.ShapeDtypeStruct(u.shape, u.dtype),),
+        u.shape[0],
+        static.n,
     )
     return y
 
@@ -429,7 +441,13 @@ def _pallas(u, k, skip, pre_gate, post_gate, *, causal, fft_size, keep_frequenci
     if u.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
         raise NotImplementedError(f"the Pallas kernel takes f32, bf16 or f16 inputs; got {u.dtype}")
     return kernel.fftconv(
-        u, k, skip, pre_gate, post_gate, fft_size=n, keep_frequencies=keep_frequencies,
+        u,
+        k,
+        skip,
+        pre_gate,
+        post_gate,
+        fft_size=n,
+        keep_frequencies=keep_frequencies,
         interpret=interpret_for(implementation),
     )
 
@@ -470,11 +488,14 @@ def _short_conv_reference(u, w, bias):
     taps, chans = w.shape
     dtype = jnp.promote_types(u.dtype, jnp.float32)
     y = jax.lax.conv_general_dilated(
-        u.astype(dtype), w.astype(dtype)[:, None, :], window_strides=(1,), padding=[(taps - 1, 0)],
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=chans,
+        u.astype(dtype),
+        w.astype(dtype)[:, None, :],
+        window_strides=(1,),
+        padding=[(taps - 1, 0)],
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        feature_group_count=chans,
         precision=jax.lax.Precision.HIGHEST,
     )
     if bias is not None:
         y = y + bias.astype(dtype)
     return y.astype(u.dtype)
-

@@ -452,8 +452,10 @@ class FlyingSquid(LabelModel):
         p_abstain = moments[1].reshape(-1, L.shape[1])[0]
         silent = np.flatnonzero(p_abstain > 1 - 0.5 / L.shape[0])
         if self._require_votes and silent.size:
-            raise ValueError(f"labelling function(s) {silent.tolist()} never vote in L; drop those columns, "
-                             "their accuracy cannot be estimated")
+            raise ValueError(
+                f"labelling function(s) {silent.tolist()} never vote in L; drop those columns, "
+                "their accuracy cannot be estimated"
+            )
         mu, pair_mu, a = _estimate(
             *moments,
             py_lf,

@@ -110,8 +110,9 @@ def test_bf16_inputs(key):
     y = call(*args)
     assert y.dtype == jnp.bfloat16
     # bf16 rounding of the inputs and of the output; the computation itself is f32.
-    assert_close(y, numpy_fftconv(*[np.asarray(a.astype(jnp.float32)) for a in args]), dtype=jnp.bfloat16,
-                 scale=2.0)
+    assert_close(
+        y, numpy_fftconv(*[np.asarray(a.astype(jnp.float32)) for a in args]), dtype=jnp.bfloat16, scale=2.0
+    )
 
 
 def test_explicit_fft_size_gives_same_linear_convolution(key):
@@ -222,8 +223,9 @@ def test_grads_match_float64(key, case, gated):
 
 def test_grads_close_to_reference_autodiff(key):
     args = make_inputs(key, 2, 100, 4, 100)
-    assert_grads_close(lambda *a: call(*a), lambda *a: call(*a, implementation="reference"), args, key=key,
-                       scale=10.0)
+    assert_grads_close(
+        lambda *a: call(*a), lambda *a: call(*a, implementation="reference"), args, key=key, scale=10.0
+    )
 
 
 # --- short_conv ---------------------------------------------------------------------------------------------
@@ -249,7 +251,8 @@ def test_short_conv_grads(key):
     assert_grads_close(
         lambda u, w, b: jaxflash.short_conv(u, w, bias=b, implementation="xla"),
         lambda u, w, b: jaxflash.short_conv(u, w, bias=b, implementation="reference"),
-        args, key=key,
+        args,
+        key=key,
     )
 
 

@@ -41,7 +41,7 @@ def _normals(key, *shapes, dtype=jnp.float32):
     out, start = [], 0
     for shape in shapes:
         size = int(np.prod(shape))
-        out.append(jnp.asarray(flat[start:start + size].reshape(shape), dtype))
+        out.append(jnp.asarray(flat[start : start + size].reshape(shape), dtype))
         start += size
     return out
 
@@ -142,7 +142,10 @@ def test_kernel_refuses_shapes_outside_its_family(key):
 
 def test_default_implementation_on_cpu_is_xla_and_registered():
     assert jaxflash.registered("monarch_matmul")["monarch_matmul"] == (
-        "pallas", "pallas_interpret", "xla", "reference"
+        "pallas",
+        "pallas_interpret",
+        "xla",
+        "reference",
     )
     on_cpu = jaxflash.supported("monarch_matmul", "cpu")["monarch_matmul"]
     assert on_cpu == ("pallas_interpret", "xla", "reference")
@@ -154,8 +157,9 @@ def test_bf16_against_f32_reference(key, impl):
     w1, w2 = _factors(kw, (16, 16, 16), (16, 16, 16))
     x = _normals(kx, (4, 256))[0]
     ref = jaxflash.monarch_matmul(x, w1, w2, implementation="reference")
-    y = jaxflash.monarch_matmul(x.astype(jnp.bfloat16), w1.astype(jnp.bfloat16), w2.astype(jnp.bfloat16),
-                                implementation=impl)
+    y = jaxflash.monarch_matmul(
+        x.astype(jnp.bfloat16), w1.astype(jnp.bfloat16), w2.astype(jnp.bfloat16), implementation=impl
+    )
     assert y.dtype == jnp.bfloat16
     # Two roundings of the inputs and one of the intermediate, each 2^-8 relative.
     assert_close(y, ref, dtype=jnp.bfloat16, scale=2)
@@ -305,13 +309,15 @@ def test_bad_projection_and_blockdiag_inputs():
         jaxflash.blockdiag_matmul(jnp.ones((3, 12)), jnp.ones((12,)))
 
 
-
 def test_bench_suite_builds_and_its_float64_reference_agrees(key):
     from jaxflash.bench import monarch as bench
 
     cases = bench.SUITE.cases(None, True)
     assert [(c.config["d"], c.config["pass"]) for c in cases] == [
-        (256, "fwd"), (256, "fwd+bwd"), (1024, "fwd"), (1024, "fwd+bwd")
+        (256, "fwd"),
+        (256, "fwd+bwd"),
+        (1024, "fwd"),
+        (1024, "fwd+bwd"),
     ]
     assert cases[0].config["FLOP ratio"] == "8x" and cases[0].baseline == "dense jnp.matmul"
     w1, w2 = bench._factors(256, seed=1)

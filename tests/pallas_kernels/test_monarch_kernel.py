@@ -31,7 +31,7 @@ def _inputs(key, w1_shape, w2_shape, rows, dtype=jnp.float32):
     out, start = [], 0
     for shape, scale in (((rows, n), 1.0), (w1_shape, w1_shape[2] ** -0.5), (w2_shape, w2_shape[2] ** -0.5)):
         size = int(np.prod(shape))
-        out.append(jnp.asarray(scale * flat[start:start + size].reshape(shape), dtype))
+        out.append(jnp.asarray(scale * flat[start : start + size].reshape(shape), dtype))
         start += size
     return out
 
