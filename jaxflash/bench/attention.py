@@ -107,6 +107,21 @@ class AttentionCase:
         return q, k, v, kw
 
 
+# Every mask at once (causal with q_len != kv_len, a one-sided window, segments, kv_lengths, a block
+# mask, soft-capping): the case both the kernel and the XLA-path tests run under `slow`.
+ALL_MASKS_CASE = AttentionCase(
+    batch=2,
+    q_len=64,
+    kv_len=80,
+    causal=True,
+    window=(20, None),
+    segments=2,
+    kv_lengths=(70, 33),
+    block_mask=(4, 5),
+    logits_soft_cap=4.0,
+)
+
+
 def run_implementation(
     implementation: str, q, k, v, spec, masks, seed=None, tiles: tuple[int, int] | None = None
 ):

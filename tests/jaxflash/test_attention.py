@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxflash
-from jaxflash.bench.attention import AttentionCase, check_case
+from jaxflash.bench.attention import ALL_MASKS_CASE, AttentionCase, check_case
 from jaxflash.ops.attention import combine_by_lse
 from jaxflash.testing import assert_close, assert_grads_close, random_normal
 
@@ -38,17 +38,7 @@ SLOW_XLA_CASES = {
     "f16_segments": AttentionCase(batch=2, segments=2, dtype="float16"),
     "head_dim_128": AttentionCase(head_dim=128, causal=True),
     "head_dim_256": AttentionCase(head_dim=256, window=(8, 8)),
-    "all_masks": AttentionCase(
-        batch=2,
-        q_len=64,
-        kv_len=80,
-        causal=True,
-        window=(20, None),
-        segments=2,
-        kv_lengths=(70, 33),
-        block_mask=(4, 5),
-        logits_soft_cap=4.0,
-    ),
+    "all_masks": ALL_MASKS_CASE,
     "len_539_causal": AttentionCase(q_len=539, kv_len=539, causal=True, tiles=(128, 64)),
     "len_1000_cross_gqa": AttentionCase(
         q_len=1000, kv_len=539, q_heads=8, kv_heads=2, causal=True, tiles=(256, 128)

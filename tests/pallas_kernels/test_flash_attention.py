@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jaxflash.pallas_kernels import flash_attention as fa
 
-from jaxflash.bench.attention import AttentionCase, check_case, run_implementation
+from jaxflash.bench.attention import ALL_MASKS_CASE, AttentionCase, check_case, run_implementation
 from jaxflash.ops.attention import _validate
 from jaxflash.testing import assert_close, kernel_implementation
 
@@ -51,17 +51,7 @@ SLOW_CASES = {
     "head_dim_64": AttentionCase(head_dim=64),
     "head_dim_128_bf16": AttentionCase(head_dim=128, dtype="bfloat16", causal=True),
     "head_dim_256": AttentionCase(head_dim=256, window=(8, 8)),
-    "all_masks": AttentionCase(
-        batch=2,
-        q_len=64,
-        kv_len=80,
-        causal=True,
-        window=(20, None),
-        segments=2,
-        kv_lengths=(70, 33),
-        block_mask=(4, 5),
-        logits_soft_cap=4.0,
-    ),
+    "all_masks": ALL_MASKS_CASE,
 }
 
 
