@@ -52,9 +52,12 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jaxflash.pallas_kernels.common import cdiv, compiler_params
 
-# Largest FFT size the compiled (GPU) kernel takes: at 8K a complex 128 x 64 f32 plane is 64 KiB, and
-# a program holds several of them plus the DFT matrices; FlashFFTConv switches to order 3 at 4K.
-MAX_FFT_SIZE = 8192
+# Largest FFT size the compiled (GPU) kernel takes. A program holds `block_rows` complex N1 x N2 planes
+# plus the DFT matrices in registers. On an H200 (2026-11-30) N = 2048 compiled and matched the
+# reference; N = 8192 (seq 4096, causal) did not finish compiling in five minutes (Triton spills the
+# planes). 4096 was not tried, so the kernel stops at the size seen working; FlashFFTConv itself
+# switches to order 3 at 4K.
+MAX_FFT_SIZE = 2048
 # Triton's tl.dot needs every matmul dimension >= 16, so N1 and N2 are at least 16 when compiled.
 MIN_COMPILED_FFT_SIZE = 256
 

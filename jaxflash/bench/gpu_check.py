@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 timings[name] = results
             except Exception as e:
                 timings[name] = f"error: {type(e).__name__}: {e}"[:500]
+            # Written as each suite ends, so a run stopped at its limit keeps what it finished.
+            res = timings[name]
+            print(f"## {name}\n\n{markdown_table(res) if isinstance(res, list) else res}\n", flush=True)
+            _write(args.out, info, checks, timings, "partial: still running")
 
     _write(args.out, info, checks, timings, None)
     print("\n# jaxflash gpu-check\n")

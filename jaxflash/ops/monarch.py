@@ -141,7 +141,9 @@ def _monarch_reference(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
     return _kernel.reference(x, w1, w2)
 
 
-@register("monarch_matmul", "pallas", platforms=("gpu",))  # written for the Triton lowering; TPU uses XLA
+# Written for the Triton lowering (TPU uses XLA). Not the default: on an H200 (BENCHMARKS.md, 2026-11-30)
+# the XLA path's two batched matmuls beat it at every size (fwd 0.27x XLA at d=4096, 0.07x at d=16384).
+@register("monarch_matmul", "pallas", platforms=("gpu",), default=False)
 def _monarch_pallas(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
     return _kernel.monarch_matmul(x, w1, w2, interpret=interpret_for("pallas"))
 

@@ -15,7 +15,9 @@ error lists each one's reason. Any other exception (a ``ValueError`` for bad inp
 at once: bad input is never retried on another path.
 
 ``implementation=None`` means "the best available": the order in ``JAXFLASH_IMPLEMENTATION``
-(comma-separated) when that variable is set, else :data:`DEFAULT_ORDER`.
+(comma-separated) when that variable is set, else :data:`DEFAULT_ORDER`, leaving out implementations
+registered with ``default=False`` (ones that work but measured slower than the next candidate; they run
+when asked for by name).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ _DEFAULT_PLATFORMS: dict[str, frozenset[str] | None] = {
 class _Entry:
     fn: Callable[..., Any]
     platforms: frozenset[str] | None
+    default: bool = True
 
 
 _REGISTRY: dict[str, dict[str, _Entry]] = {}
@@ -61,7 +64,7 @@ def current_platform() -> str:
 
 
 def register(
-    op: str, implementation: str, *, platforms: Iterable[str] | None = ...
+    op: str, implementation: str, *, platforms: Iterable[str] | None = ..., default: bool = True
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering ``fn`` as ``implementation`` of ``op``.
 
@@ -70,6 +73,8 @@ def register(
       implementation: one of :data:`IMPLEMENTATIONS`.
       platforms: backends it runs on (``{"gpu", "tpu"}``); ``None`` for all. Defaults per
         implementation: Pallas on GPU and TPU, everything else everywhere.
+      default: False keeps it out of the default order (it runs when asked for by name or through
+        ``JAXFLASH_IMPLEMENTATION``); for a path that works but measured slower than the next one.
     """
     _check_name(implementation)
     plats = _DEFAULT_PLATFORMS[implementation] if platforms is ... else platforms
@@ -79,7 +84,7 @@ def register(
         impls = _REGISTRY.setdefault(op, {})
         if implementation in impls and impls[implementation].fn is not fn:
             raise ValueError(f"{op!r} already has a {implementation!r} implementation registered")
-        impls[implementation] = _Entry(fn, plats)
+        impls[implementation] = _Entry(fn, plats, default)
         return fn
 
     return decorator
@@ -138,6 +143,7 @@ def dispatch(op: str, implementation: str | Sequence[str] | None, /, *args: Any,
     if op not in _REGISTRY:
         raise ValueError(f"no op named {op!r} is registered; registered ops: {sorted(_REGISTRY)}")
     order, explicit = resolve(implementation)
+    by_default = implementation is None and not os.environ.get(ENV_VAR, "").strip()
     impls = _REGISTRY[op]
     platform = current_platform()
     reasons: list[tuple[str, NotImplementedError]] = []
@@ -150,6 +156,8 @@ def dispatch(op: str, implementation: str | Sequence[str] | None, /, *args: Any,
                 raise NotImplementedError(
                     f"{name!r} runs on {sorted(entry.platforms)}, but the default backend is {platform!r}"
                 )
+            if by_default and not entry.default:
+                raise NotImplementedError(f"{name!r} is not used by default; ask for it by name")
             return entry.fn(*args, **kwargs)
         except NotImplementedError as e:
             if explicit:

@@ -80,6 +80,22 @@ def test_platform_restriction_is_a_reason():
         unregister(OP)
 
 
+def test_non_default_implementation_runs_only_when_named(monkeypatch):
+    calls = []
+    register(OP, "xla", default=False)(lambda x: calls.append("xla") or x * x)
+    register(OP, "reference")(lambda x: calls.append("reference") or x**2)
+    try:
+        monkeypatch.delenv(registry.ENV_VAR, raising=False)
+        dispatch(OP, None, jnp.ones(2))
+        dispatch(OP, "xla", jnp.ones(2))
+        dispatch(OP, ("xla", "reference"), jnp.ones(2))
+        monkeypatch.setenv(registry.ENV_VAR, "xla")
+        dispatch(OP, None, jnp.ones(2))
+        assert calls == ["reference", "xla", "xla", "xla"]
+    finally:
+        unregister(OP)
+
+
 def test_all_fail_lists_each_reason(op):
     with pytest.raises(NotImplementedError) as info:
         dispatch(OP, ("pallas", "xla"), jnp.ones(3))
