@@ -27,6 +27,7 @@ _PUBLIC: dict[str, str] = {
     "bidirectional_kernel": "jaxflash.ops.fftconv",
     "monarch_matmul": "jaxflash.ops.monarch",
     "blockdiag_matmul": "jaxflash.ops.monarch",
+    "causal_monarch_conv": "jaxflash.ops.causal_monarch",
     "monarch": "jaxflash.ops.monarch:",
     "ws": "jaxflash.ws:",
 }

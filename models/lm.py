@@ -129,7 +129,8 @@ class LanguageModel(nnx.Module):
 class M2GPT(nnx.Module):
     """Causal Monarch Mixer LM: pre-norm blocks of the causal M2 mixer and the block-diagonal GLU MLP,
     tied head. Our assembly: no public M2-GPT code exists (models.md section 1.4); the Monarch
-    multiplies are realised as the FFT inside ``jaxflash.fftconv``, not as the causal Monarch map."""
+    multiplies are realised as the FFT inside ``jaxflash.fftconv``: the DFT member of the causal Monarch
+    family (``jaxflash.monarch.causal_monarch_conv``), not learned evaluation/interpolation factors."""
 
     def __init__(self, config: M2Config, *, rngs: nnx.Rngs):
         if not config.causal:

@@ -39,7 +39,7 @@ def _integer_valued(arr: np.ndarray, name: str) -> np.ndarray:
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             bad = arr[~np.isfinite(arr) | (arr != np.round(arr))][0]
             raise ValueError(f"{name} must hold integer labels, found {bad!r}")
-    return arr.astype(np.int32)
+    return arr.astype(np.int32, copy=False)
 
 
 def check_label_matrix(

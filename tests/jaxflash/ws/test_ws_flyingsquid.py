@@ -223,6 +223,10 @@ def test_bad_input_raises_value_error(youtube):
     silent[:, 2] = -1
     with pytest.raises(ValueError, match="never vote"):
         fs.fit(silent)
+    with pytest.raises(ValueError, match="2..127"):
+        FlyingSquid(cardinality=128)
+    with pytest.raises(ValueError, match="cardinality=2"):
+        fs.fit(np.where(L == 1, 257, L))  # would wrap to 1 in int8: caught before the conversion
     with pytest.raises(ValueError, match="Y_dev"):
         fs.fit(L, Y_dev=np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="Y_dev"):
