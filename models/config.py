@@ -313,7 +313,7 @@ class ParcaeConfig:
     backprop_depth: int = 4  # gradients flow through the last min(T, backprop_depth) iterations
     max_recurrence: int = 32  # the Poisson draw is clipped to [1, max_recurrence] (static bound)
     rope_theta: float = 10000.0
-    norm_eps: float = 1e-6
+    norm_eps: float = 1e-5  # the released config's RMSNorm eps
     init_std: float = 0.02
     dtype: str = "float32"
     implementation: str | None = None
@@ -410,7 +410,13 @@ def m2_bert_80m(**overrides: Any) -> M2Config:
 
 
 def parcae_140m(**overrides: Any) -> ParcaeConfig:
-    """parcae ``parcae-small-140m``: 2/2/2 blocks of 768, 6 heads, mean recurrence 8, backprop 4."""
+    """parcae ``parcae-small-140m``: 2/2/2 blocks of 768, 6 heads, mean recurrence 8, backprop 4.
+
+    The config file itself (seen in a public copy of ``parcae_lm/configs``) sets vocab 32768, n_embd 768,
+    6 heads, intermediate 3072, tied embeddings, no bias, ReLU^2, QK-norm, RMSNorm eps 1e-5 and no value
+    embeddings, and its own comment calls it "~100M params". Those settings give 68.8M parameters, which
+    is what this preset builds: "140M" is the release's name, not that config's count.
+    """
     return dataclasses.replace(ParcaeConfig(), **overrides)
 
 

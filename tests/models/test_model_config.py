@@ -76,11 +76,12 @@ def test_paper_preset_parameter_count(preset, cls, millions):
 
 
 def test_parcae_preset_counts_blocks_and_embedding():
-    # Parcae-140M's released count includes parts we have not verified (value embeddings); pin what we
-    # build: 6 blocks of 768 (attention 4 d^2, relu^2 MLP 2 d d_ff), tied 32768 x 768 embedding,
-    # injection B and readout C (d^2 each), norms.
+    # "parcae-small-140m" is the release's name; its config (see C.parcae_140m) builds 68.8M parameters,
+    # which this pins: 6 blocks of 768 (attention 4 d^2, relu^2 MLP 2 d d_ff), tied 32768 x 768
+    # embedding, injection B and readout C (d^2 each), norms.
     cfg = C.parcae_140m()
     d, blocks = cfg.d_model, cfg.n_prelude + cfg.n_core + cfg.n_coda
     per_block = 4 * d * d + 2 * d * cfg.d_ff + 2 * d + 2 * (d // cfg.n_heads)
     expected = blocks * per_block + cfg.vocab_size * d + 2 * d * d + 2 * d + 2 * d
     assert _count(Parcae, cfg) == expected
+    assert abs(expected / 1e6 - 68.8) < 0.1
