@@ -42,26 +42,39 @@ def probs_to_preds(
     probs = np.asarray(probs, np.float64)
     if probs.ndim != 2:
         raise ValueError(f"probs must be [n, k], got shape {probs.shape}")
-    tied = probs >= probs.max(axis=1, keepdims=True) - tol  # [n, k]
-    preds = np.argmax(probs, axis=1).astype(np.int32)
-    is_tie = tied.sum(axis=1) > 1
+    # Class-major: reductions over the k classes become k elementwise passes over contiguous rows, ~3x
+    # faster in NumPy than reducing a short trailing axis at n = 10^6.
+    pt = np.ascontiguousarray(probs.T)  # [k, n]
+    tied = pt >= pt.max(axis=0) - tol  # [k, n]
+    preds = _argmax0(pt)
+    is_tie = tied.sum(axis=0) > 1
     if tie_policy == "abstain":
         preds[is_tie] = ABSTAIN
     elif tie_policy == "random":
         if key is None:
             raise ValueError("tie_policy='random' needs a PRNG key: pass key=jax.random.key(seed)")
-        u = np.asarray(jax.random.uniform(key, probs.shape))
-        preds = np.where(is_tie, np.argmax(np.where(tied, u, -1.0), axis=1), preds).astype(np.int32)
+        u = np.asarray(jax.random.uniform(key, probs.shape)).T
+        preds = np.where(is_tie, _argmax0(np.where(tied, u, -1.0)), preds).astype(np.int32)
     elif tie_policy == "prior":
         if prior is None:
             raise ValueError("tie_policy='prior' needs a class prior (fit with class_balance or Y_dev)")
         prior = check_class_balance(prior, probs.shape[1], name="prior")
-        # Largest prior wins; argmax returns the lowest index among equal priors.
-        preds = np.where(is_tie, np.argmax(np.where(tied, prior[None, :], -1.0), axis=1), preds)
+        # Largest prior wins; the lowest index among equal priors.
+        preds = np.where(is_tie, _argmax0(np.where(tied, prior[:, None], -1.0)), preds)
         preds = preds.astype(np.int32)
     else:
         raise ValueError(f"tie_policy must be 'abstain', 'random' or 'prior', got {tie_policy!r}")
     return preds
+
+
+def _argmax0(a: np.ndarray) -> np.ndarray:
+    """``np.argmax(a, axis=0)`` (first maximum wins) for a short leading axis, as int32."""
+    best, idx = a[0], np.zeros(a.shape[1], np.int32)
+    for c in range(1, a.shape[0]):
+        better = a[c] > best
+        idx[better] = c
+        best = np.where(better, a[c], best)
+    return idx
 
 
 def classification_metrics(

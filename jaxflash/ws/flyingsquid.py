@@ -65,7 +65,6 @@ are taken within a frame (each frame needs >= 3 LFs). The posterior over the ``2
 from __future__ import annotations
 
 import math
-
 from functools import partial
 from typing import Any, Literal
 
@@ -74,7 +73,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflash.ws.base import LabelModel
-from jaxflash.ws.label_matrix import ABSTAIN, check_class_balance, check_label_matrix, check_labels
+from jaxflash.ws.label_matrix import (
+    ABSTAIN,
+    check_class_balance,
+    check_label_matrix,
+    check_labels,
+    pad_rows_int8,
+)
 
 SolveMethod = Literal["triplet", "triplet_mean", "triplet_median"]
 _LOG_FLOOR = 1e-12
@@ -184,8 +189,8 @@ def _moments_impl(L: jax.Array, n: jax.Array, cls: jax.Array, pairs: jax.Array):
     """The only pass over the data: M = L^T L / n, P(abstain), P(+1), and P(l_i, l_j) of dependent pairs.
 
     ``L`` (int8) may carry all-abstain padding rows beyond the first ``n`` (shape bucketing, see
-    :func:`_pad_rows`): they add nothing to the sums, which are divided by the true ``n``. The rows are
-    scanned in chunks of at most :data:`_CHUNK`.
+    :func:`~jaxflash.ws.label_matrix.pad_rows_int8`): they add nothing to the sums, which are divided by
+    the true ``n``. The rows are scanned in chunks of at most :data:`_CHUNK`.
     """
     rows, m = L.shape
     chunk = math.gcd(rows, _CHUNK)
@@ -223,33 +228,6 @@ def _moments_impl(L: jax.Array, n: jax.Array, cls: jax.Array, pairs: jax.Array):
 
 _moments = jax.jit(_moments_impl)
 _moments_ovr = jax.jit(jax.vmap(_moments_impl, in_axes=(None, None, 0, None)))
-
-
-def _pad_rows(L: np.ndarray) -> jax.Array:
-    """``L`` as int8 with all-abstain rows appended up to a bucketed row count.
-
-    Buckets are multiples of 2^(floor(log2 n) - 3) (at most 12.5% padding, 8 buckets per octave), so
-    fits and predictions on matrices of nearby sizes reuse one compiled program instead of recompiling.
-    The copy into the padded int8 buffer is the one host pass; JAX then aliases that buffer on CPU.
-    """
-    n = L.shape[0]
-    step = 1 << max(int(np.floor(np.log2(max(n, 1)))) - 3, 6)
-    n_pad = -(-n // step) * step
-    # Values were checked against the cardinality, which __init__ caps at 127: int8 holds them.
-    out = _aligned_empty((n_pad, L.shape[1]), np.int8)
-    out[:n] = L
-    out[n:] = ABSTAIN
-    return jax.device_put(out, may_alias=True)
-
-
-def _aligned_empty(shape: tuple[int, ...], dtype: Any, align: int = 64) -> np.ndarray:
-    """An uninitialised array whose data starts on an ``align``-byte boundary. JAX's CPU client adopts such
-    a buffer without copying (``may_alias``); NumPy's own allocations are only 16-byte aligned, and copying
-    20 MB costs ~12 ms, a quarter of a warm fit at n = 10^6."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    raw = np.empty(nbytes + align, np.uint8)
-    offset = -raw.ctypes.data % align
-    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 @partial(jax.jit, static_argnames=("v",))
@@ -470,7 +448,7 @@ class FlyingSquid(LabelModel):
         cb = self._class_balance(class_balance, Y_dev)
         self.class_balance_ = cb
         py_frame = self._frame_marginals(cb)
-        Lj = _pad_rows(L)
+        Lj = pad_rows_int8(L)
         n = jnp.float32(L.shape[0])
         pairs = jnp.asarray(self._pairs)
         if self.cardinality == 2:
@@ -523,7 +501,7 @@ class FlyingSquid(LabelModel):
         log_mu = np.log(np.maximum(self.mu_, _LOG_FLOOR))
         log_pair = np.log(np.maximum(self.pair_mu_, _LOG_FLOOR))
         py_frame = self._frame_marginals(self.class_balance_)
-        Lj = _pad_rows(L)
+        Lj = pad_rows_int8(L)
         frame_of_pair = self._frame[self._pairs[:, 0]] if len(self._pairs) else np.zeros(0, np.int32)
         n_cliques = int(self._singles.sum()) + len(self._pairs)
         outs = []

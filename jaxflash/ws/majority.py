@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflash.ws.base import LabelModel, TiePolicy, probs_to_preds
-from jaxflash.ws.label_matrix import check_class_balance, check_label_matrix, check_labels
+from jaxflash.ws.label_matrix import check_class_balance, check_label_matrix, check_labels, pad_rows_int8
 
 
 @partial(jax.jit, static_argnames="cardinality")
@@ -37,8 +37,8 @@ class MajorityVote(LabelModel):
         tie_policy: TiePolicy = "abstain",
         class_balance: list[float] | None = None,
     ):
-        if cardinality < 2:
-            raise ValueError(f"cardinality must be >= 2, got {cardinality}")
+        if not 2 <= cardinality <= 127:
+            raise ValueError(f"cardinality must be in 2..127 (votes are stored as int8), got {cardinality}")
         self.cardinality = cardinality
         self.tie_policy = tie_policy
         self.class_balance_ = (
@@ -65,7 +65,8 @@ class MajorityVote(LabelModel):
 
     def predict_proba(self, L: Any) -> np.ndarray:
         L = check_label_matrix(L, cardinality=self.cardinality)
-        return np.asarray(_tied_maxima(jnp.asarray(L), self.cardinality), np.float64)
+        probs = _tied_maxima(pad_rows_int8(L), self.cardinality)
+        return np.asarray(probs[: L.shape[0]], np.float64)
 
     def predict(
         self, L: Any, *, tie_policy: TiePolicy | None = None, key: jax.Array | None = None

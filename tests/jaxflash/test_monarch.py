@@ -194,7 +194,9 @@ def test_xla_gradients_match_reference_autodiff(key, shapes):
     assert_grads_close(f("xla"), f("reference"), (x, w1, w2), key=kc, scale=4)
 
 
-@pytest.mark.parametrize(("shapes", "rows", "chunk"), [(((8, 8, 8), (8, 8, 8)), 37, 8), (RECT_SHAPES[4], 20, 16)])
+@pytest.mark.parametrize(
+    ("shapes", "rows", "chunk"), [(((8, 8, 8), (8, 8, 8)), 37, 8), (RECT_SHAPES[4], 20, 16)]
+)
 def test_row_chunked_xla_path_matches_reference(key, shapes, rows, chunk):
     """The XLA path's row chunks (lax.map forward, scan-accumulated weight gradients, a remainder chunk)."""
     from jaxflash.ops.monarch import _monarch_chunked
