@@ -15,6 +15,8 @@ SUITE ?=
 GPU_CHECK_OUT ?= gpu-check-results
 # The GPU machine's own interpreter (it has jax for CUDA and no registry).
 GPU_PYTHON ?= python3
+# e.g. GPU_CHECK_ARGS="--suites fftconv monarch --budget-seconds 300" to fit a short GPU session.
+GPU_CHECK_ARGS ?=
 
 .PHONY: test test-slow demo bench gpu-check lint venv clean
 
@@ -42,7 +44,7 @@ bench: venv
 
 gpu-check:
 	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
-	$(GPU_PYTHON) -m jaxflash.bench.gpu_check --out $(GPU_CHECK_OUT)
+	$(GPU_PYTHON) -m jaxflash.bench.gpu_check --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .

@@ -28,3 +28,9 @@ def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path, capsys):
     assert rc == (1 if any(c["status"] != "pass" for c in data["checks"]) else 0)
     assert out.rstrip().splitlines()[-1].endswith("failed")
     assert (tmp_path / "gpu_check.md").exists()
+
+
+def test_gpu_check_order_covers_every_suite():
+    from jaxflash.bench.suites import SUITE_MODULES
+
+    assert sorted(gpu_check.GPU_ORDER) == sorted(SUITE_MODULES)
