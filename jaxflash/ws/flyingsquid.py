@@ -543,6 +543,12 @@ class FlyingSquid(LabelModel):
         scores = self._log_scores(self._check_L(L))
         if self.cardinality == 2:
             s = scores[0]
+            if s.shape[1] == 2:  # v == 1: the softmax of two scores is a logistic of their difference
+                p = np.empty_like(s)
+                d = s[:, 1] - s[:, 0]
+                p[:, 1] = np.exp(-np.logaddexp(0.0, -d))  # sigmoid(d): no overflow, accurate when tiny
+                p[:, 0] = np.exp(-np.logaddexp(0.0, d))
+                return p
             s = s - s.max(axis=1, keepdims=True)
             p = np.exp(s)
             return p / p.sum(axis=1, keepdims=True)
