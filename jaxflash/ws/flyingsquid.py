@@ -231,7 +231,17 @@ _moments_ovr = jax.jit(jax.vmap(_moments_impl, in_axes=(None, None, 0, None)))
 
 
 @partial(jax.jit, static_argnames=("v",))
-def _frame_scores(
+def _frame_scores(L: jax.Array, *tables: jax.Array, v: int) -> jax.Array:
+    """:func:`_frame_scores_rows` over row chunks of at most :data:`_CHUNK` (lax.map): each chunk's [C, m]
+    lookups stay in cache instead of going through memory as [n, m] f32 arrays."""
+    rows, m = L.shape
+    chunk = math.gcd(rows, _CHUNK)
+    blocks = L.reshape(rows // chunk, chunk, m)
+    out = jax.lax.map(lambda block: _frame_scores_rows(block, *tables, v=v), blocks)
+    return out.reshape(rows, v, 2)
+
+
+def _frame_scores_rows(
     L: jax.Array,
     cls: jax.Array,
     log_mu: jax.Array,
