@@ -299,3 +299,28 @@ def test_multiclass_all_abstain_rows_and_online_silent_lf(key):
     online.partial_fit(Ls)
     assert online.n_refits == 1 and online.model.estimated_accuracies()[4] == 0.0
     assert np.all(np.isfinite(online.predict_proba(L[:10])))
+
+
+def test_moments_pass_matches_numpy_over_chunks_and_padding():
+    """The one pass over L (8192-row chunks of the padded int8 copy) against float64 NumPy sums."""
+    import jax.numpy as jnp
+
+    from jaxflash.ws import flyingsquid as fsq
+    from jaxflash.ws.label_matrix import pad_rows_int8
+
+    rng = np.random.default_rng(0)
+    n, m = 20_001, 7  # padded to 20480 rows: 2.5 chunks' worth, so chunks of gcd(20480, 8192) = 4096
+    L = rng.integers(-1, 2, size=(n, m)).astype(np.int32)
+    pairs = np.array([[0, 1], [2, 5]], np.int32)
+    Lj = pad_rows_int8(L)
+    assert Lj.shape[0] > n
+    M, p_abstain, p_pos, joint = fsq._moments(Lj, jnp.float32(n), jnp.int32(1), jnp.asarray(pairs))
+    x = np.where(L == -1, 0.0, np.where(L == 1, 1.0, -1.0))
+    np.testing.assert_allclose(M, x.T @ x / n, atol=1e-6)
+    np.testing.assert_allclose(p_abstain, (L == -1).mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(p_pos, (L == 1).mean(axis=0), atol=1e-6)
+    level = np.where(L == -1, 2, (L == 1).astype(int))  # 0: -1, 1: +1, 2: abstain
+    for p, (i, j) in enumerate(pairs):
+        expected = np.zeros((3, 3))
+        np.add.at(expected, (level[:, i], level[:, j]), 1.0 / n)
+        np.testing.assert_allclose(joint[p], expected, atol=1e-6)
