@@ -20,7 +20,8 @@ def test_gpu_check_refuses_a_machine_without_gpu(tmp_path, capsys):
 
 
 def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path, capsys):
-    rc = gpu_check.main(["--out", str(tmp_path), "--allow-cpu", "--no-timings"])
+    # One suite's checks (each in its own process; JAX starts in each, so not every suite here).
+    rc = gpu_check.main(["--out", str(tmp_path), "--allow-cpu", "--no-timings", "--suites", "monarch"])
     out = capsys.readouterr().out
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     # On CPU the compiled kernels cannot run: each check reports an error instead of passing silently.
@@ -34,3 +35,8 @@ def test_gpu_check_order_covers_every_suite():
     from jaxflash.bench.suites import SUITE_MODULES
 
     assert sorted(gpu_check.GPU_ORDER) == sorted(SUITE_MODULES)
+
+
+def test_gpu_check_kills_a_check_past_its_time():
+    row = gpu_check.run_check_in_child("monarch", 0, timeout=0.5)  # JAX alone takes longer to start
+    assert row["status"] == "TIMEOUT" and "killed" in row["detail"]

@@ -5,7 +5,7 @@ runs, within a time budget (8 minutes by default):
 
 1. the device report (what JAX sees);
 2. every bench module's ``GPU_CHECKS``: the compiled kernel (``implementation="pallas"``) against
-   its reference, forward and backward;
+   its reference, forward and backward, each in its own process, killed after ``--check-seconds``;
 3. every bench suite on the GPU at the module's ``GPU_SIZES``, peers included where installed.
 
 Work that the budget leaves no time for is listed as not run. Full results go to ``--out`` (or
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -51,7 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-cpu", action="store_true", help="run on a machine without a GPU (testing only)"
     )
+    parser.add_argument(
+        "--check-seconds",
+        type=float,
+        default=150.0,
+        help="each check runs in its own process, killed after this (a compile that never ends)",
+    )
+    parser.add_argument("--child-check", nargs=2, metavar=("SUITE", "INDEX"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child_check:
+        return _child_check(args.child_check[0], int(args.child_check[1]))
     start = time.monotonic()
     deadline = start + args.budget_seconds
     os.makedirs(args.out, exist_ok=True)
@@ -70,20 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     checks: list[dict[str, Any]] = []
     for name in args.suites:
         module = suite_module(name)
-        for check in getattr(module, "GPU_CHECKS", ()):
+        for index, check in enumerate(getattr(module, "GPU_CHECKS", ())):
             row: dict[str, Any] = dict(suite=name, check=check.name)
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 row.update(status="not run: time budget spent")
             else:
                 t0 = time.monotonic()
-                try:
-                    row.update(status="pass", **check.run())
-                except AssertionError as e:
-                    row.update(status="FAIL", detail=str(e)[:500])
-                except Exception as e:  # a kernel that fails to compile is a finding, not a crash
-                    row.update(
-                        status="ERROR", detail=f"{type(e).__name__}: {e}"[:500], trace=traceback.format_exc()
-                    )
+                row.update(run_check_in_child(name, index, min(args.check_seconds, left)))
                 row["seconds"] = round(time.monotonic() - t0, 2)
             print(f"check {name}/{check.name}: {row['status']} {row.get('detail', '')}", flush=True)
             checks.append(row)
@@ -128,6 +132,39 @@ def main(argv: list[str] | None = None) -> int:
     failed = [c for c in checks if c["status"] in ("FAIL", "ERROR")]
     print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
+
+
+_RESULT = "GPU_CHECK_RESULT "
+
+
+def run_check_in_child(suite: str, index: int, timeout: float) -> dict[str, Any]:
+    """``GPU_CHECKS[index]`` of ``suite`` in a fresh process, killed after ``timeout`` seconds.
+
+    On the first H200 run one compile never finished and took the session's remaining time with it; in
+    a child it costs at most ``timeout`` (plus a JAX start, a few seconds).
+    """
+    cmd = [sys.executable, "-m", "jaxflash.bench.gpu_check", "--child-check", suite, str(index)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(status="TIMEOUT", detail=f"did not finish in {timeout:.0f} s (still compiling?); killed")
+    for line in proc.stdout.splitlines():
+        if line.startswith(_RESULT):
+            return json.loads(line[len(_RESULT) :])
+    return dict(status="ERROR", detail=f"the check's process exited {proc.returncode}: {proc.stderr[-400:]}")
+
+
+def _child_check(suite: str, index: int) -> int:
+    check = suite_module(suite).GPU_CHECKS[index]
+    row: dict[str, Any] = {}
+    try:
+        row.update(status="pass", **check.run())
+    except AssertionError as e:
+        row.update(status="FAIL", detail=str(e)[:500])
+    except Exception as e:  # a kernel that fails to compile is a finding, not a crash
+        row.update(status="ERROR", detail=f"{type(e).__name__}: {e}"[:500], trace=traceback.format_exc())
+    print(_RESULT + json.dumps(row, default=str), flush=True)
+    return 0
 
 
 def _checks_table(checks: list[dict[str, Any]]) -> str:
