@@ -354,3 +354,16 @@ def test_bench_suite_builds_and_its_float64_reference_agrees(key):
     x = _normals(key, (8, 256))[0]
     expected = bench._monarch_f64(np.asarray(x), w1, w2)
     assert_close(jaxflash.monarch_matmul(x, w1, w2, implementation="reference"), expected, scale=4)
+
+
+def test_forward_mode_needs_the_reference_path(key):
+    """The fast path's custom VJP gives reverse mode only (README, known issues); the reference has jvp."""
+    w1, w2 = _factors(key, (4, 4, 4), (4, 4, 4))
+    x = _normals(key, (3, 16))[0]
+    tangent = jnp.ones_like(x)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: jaxflash.monarch_matmul(x, w1, w2, implementation="xla"), (x,), (tangent,))
+    _, jvp_ref = jax.jvp(
+        lambda x: jaxflash.monarch_matmul(x, w1, w2, implementation="reference"), (x,), (tangent,)
+    )
+    assert_close(jvp_ref, jaxflash.monarch_matmul(tangent, w1, w2, implementation="reference"))
