@@ -64,6 +64,8 @@ class AttentionSpec:
       logits_soft_cap: ``cap`` of ``cap * tanh(s / cap)``; None for none.
       mask_block: ``(rows, cols)`` of one block of the block mask, None when there is none.
       dropout_rate: probability of dropping an attention weight (xla and reference paths only).
+      want_lse: whether the caller uses the logsumexp; paths that cannot give it in f32 (cuDNN)
+        refuse the call when it does. The kernels here always compute it.
     """
 
     q_len: int
@@ -74,6 +76,7 @@ class AttentionSpec:
     logits_soft_cap: float | None = None
     mask_block: tuple[int, int] | None = None
     dropout_rate: float = 0.0
+    want_lse: bool = True
 
     @property
     def offset(self) -> int:

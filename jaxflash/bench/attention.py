@@ -316,6 +316,7 @@ def _gpu_cases(sizes: Sequence[int]) -> list[Case]:
                 ours = lambda q, k, v, c=causal: jaxflash.attention(
                     q, k, v, causal=c, implementation="pallas"
                 )
+                default = lambda q, k, v, c=causal: jaxflash.attention(q, k, v, causal=c)
                 cudnn = lambda q, k, v, c=causal: jax.nn.dot_product_attention(
                     q, k, v, is_causal=c, implementation="cudnn"
                 )
@@ -335,6 +336,7 @@ def _gpu_cases(sizes: Sequence[int]) -> list[Case]:
                             "pass": "fwd+bwd",
                         },
                         candidates=(
+                            Candidate("jaxflash default (cudnn route)", fwd_bwd(default)),
                             Candidate("jaxflash pallas", fwd_bwd(ours)),
                             Candidate("jax.nn cudnn", fwd_bwd(cudnn), peer=True),
                             Candidate("jax.nn xla", fwd_bwd(xla), peer=True),

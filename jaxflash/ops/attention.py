@@ -5,6 +5,10 @@ IO-aware way of FlashAttention (Dao et al. 2022, arXiv 2205.14135; FlashAttentio
 2307.08691): tiles, an online softmax and a backward pass that recomputes instead of storing the
 attention matrix. Implementations (``implementation=``):
 
+- ``"cudnn"``: cuDNN's fused attention through ``jax.nn.dot_product_attention`` (GPU), for the calls
+  it serves: bf16/f16, as many kv heads as q heads, head_dim <= 128 and a multiple of 8, no mask but
+  ``causal`` (with ``q_len == kv_len``), no soft cap, dropout or logsumexp. On an H200 it was 2.1-2.9x
+  faster than the Pallas kernel (BENCHMARKS.md, 2026-11-30); every other call falls through.
 - ``"pallas"``: the Pallas kernels of :mod:`jaxflash.pallas_kernels.flash_attention` (GPU/TPU).
 - ``"pallas_interpret"``: the same kernels in the Pallas interpreter (tests, debugging).
 - ``"xla"``: chunked online softmax in plain XLA with a recomputing ``custom_vjp``
@@ -18,6 +22,7 @@ sequence, and combined with the per-sequence suffix attention by logsumexp.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -81,8 +86,8 @@ def attention(
       dropout_key: PRNG key for dropout; required when ``dropout_rate > 0``.
       return_lse: also return the natural-log logsumexp of each query's logits, ``[batch, q_len,
         q_heads]`` f32; ``-inf`` for a query that sees no key (whose output is 0).
-      implementation: ``"pallas"``, ``"pallas_interpret"``, ``"xla"``, ``"reference"``, a sequence to
-        try in order, or None for the best available.
+      implementation: ``"cudnn"``, ``"pallas"``, ``"pallas_interpret"``, ``"xla"``, ``"reference"``, a
+        sequence to try in order, or None for the best available.
 
     Returns:
       ``out [batch, q_len, q_heads, head_dim]`` in q's dtype, and ``lse`` when ``return_lse``.
@@ -102,6 +107,7 @@ def attention(
         dropout_key=dropout_key,
     )
     seed = fa.dropout_seed(dropout_key) if dropout_rate > 0.0 else None
+    spec = dataclasses.replace(spec, want_lse=bool(return_lse))
     out, lse = dispatch("attention", implementation, q, k, v, spec, masks, seed)
     return (out, lse) if return_lse else out
 
@@ -243,6 +249,45 @@ def _pallas(implementation: str):
         return fa.flash_attention(q, k, v, spec, masks, implementation=implementation)
 
     return run
+
+
+def cudnn_unsupported_reason(
+    q: jax.Array, k: jax.Array, spec: AttentionSpec, masks: MaskArrays
+) -> str | None:
+    """Why the cuDNN route does not take this call, or None. Deliberately only the configurations
+    measured on the GPU (bf16 fwd+bwd, equal heads, head_dim 64 and 128, causal or not): the rest goes
+    to the Pallas kernel, which serves every feature."""
+    _, tq, hq, d = q.shape
+    _, tk, hk, _ = k.shape
+    if q.dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return f"cuDNN attention takes bf16/f16, got {q.dtype}"
+    if d > 128 or d % 8:
+        return f"cuDNN attention here takes head_dim <= 128 and a multiple of 8, got {d}"
+    if hq != hk:
+        return "GQA/MQA is not routed to cuDNN (not measured here)"
+    if spec.causal and tq != tk:
+        return "cuDNN's causal mask is top-left aligned; q_len != kv_len needs the bottom-right one"
+    if spec.want_lse:
+        return "cuDNN returns the logsumexp in the input dtype; the logsumexp is wanted in f32"
+    if spec.window is not None or spec.logits_soft_cap is not None or spec.dropout_rate > 0.0:
+        return "window, soft cap and dropout are not routed to cuDNN"
+    if any(m is not None for m in (masks.q_segment_ids, masks.kv_lengths, masks.block_mask)):
+        return "segment ids, kv_lengths and block masks are not routed to cuDNN"
+    return None
+
+
+@register("attention", "cudnn")
+def _attention_cudnn(q, k, v, spec, masks, seed):
+    reason = cudnn_unsupported_reason(q, k, spec, masks)
+    if reason:
+        raise NotImplementedError(reason)
+    try:  # JAX checks what cuDNN supports while tracing and raises; that is a refusal, not bad input
+        out = jax.nn.dot_product_attention(
+            q, k, v, scale=spec.scale, is_causal=spec.causal, implementation="cudnn"
+        )
+    except (NotImplementedError, ValueError, RuntimeError) as e:
+        raise NotImplementedError(f"jax.nn.dot_product_attention(implementation='cudnn') refused: {e}") from e
+    return out, None  # want_lse is False: attention() drops it
 
 
 register("attention", "pallas")(_pallas("pallas"))

@@ -1,7 +1,9 @@
 """The implementation registry every public op dispatches through.
 
-Each op (``"attention"``, ``"fftconv"``, ...) registers up to four implementations:
+Each op (``"attention"``, ``"fftconv"``, ...) registers up to five implementations:
 
+- ``"cudnn"``: a vendor library kernel reached through JAX (attention: cuDNN's fused attention via
+  ``jax.nn.dot_product_attention``); GPU only, and only for the calls that library serves.
 - ``"pallas"``: the compiled Pallas kernel; GPU and TPU only.
 - ``"pallas_interpret"``: the same kernel body run by the Pallas interpreter on any backend
   (tests and debugging; slow).
@@ -29,17 +31,18 @@ from typing import Any, Literal
 
 import jax
 
-Implementation = Literal["pallas", "pallas_interpret", "xla", "reference"]
+Implementation = Literal["cudnn", "pallas", "pallas_interpret", "xla", "reference"]
 
-IMPLEMENTATIONS: tuple[str, ...] = ("pallas", "pallas_interpret", "xla", "reference")
+IMPLEMENTATIONS: tuple[str, ...] = ("cudnn", "pallas", "pallas_interpret", "xla", "reference")
 
 # The interpreter is never picked by default: it is a simulator, orders of magnitude slower than XLA.
-DEFAULT_ORDER: tuple[str, ...] = ("pallas", "xla", "reference")
+DEFAULT_ORDER: tuple[str, ...] = ("cudnn", "pallas", "xla", "reference")
 
 ENV_VAR = "JAXFLASH_IMPLEMENTATION"
 
 # Where an implementation can run, unless its registration says otherwise. None: every backend.
 _DEFAULT_PLATFORMS: dict[str, frozenset[str] | None] = {
+    "cudnn": frozenset({"gpu"}),
     "pallas": frozenset({"gpu", "tpu"}),
     "pallas_interpret": None,
     "xla": None,
@@ -72,7 +75,7 @@ def register(
       op: the op's public name, e.g. ``"attention"``.
       implementation: one of :data:`IMPLEMENTATIONS`.
       platforms: backends it runs on (``{"gpu", "tpu"}``); ``None`` for all. Defaults per
-        implementation: Pallas on GPU and TPU, everything else everywhere.
+        implementation: cuDNN on GPU, Pallas on GPU and TPU, everything else everywhere.
       default: False keeps it out of the default order (it runs when asked for by name or through
         ``JAXFLASH_IMPLEMENTATION``); for a path that works but measured slower than the next one.
     """

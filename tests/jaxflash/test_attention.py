@@ -307,3 +307,50 @@ def test_decode_attention_matches_reference(window, key):
             q[i : i + 1, None], kc[i : i + 1, start:n], vc[i : i + 1, start:n], implementation="reference"
         )
         assert_close(out[i], ref[0, 0])
+
+
+# --- the cuDNN route (GPU only; here: which calls it takes, and that CPU dispatch skips it) -------------
+
+
+def _cudnn_reason(q_shape, k_shape, dtype=jnp.bfloat16, **kw):
+    from jaxflash.pallas_kernels.flash_attention import AttentionSpec, MaskArrays
+
+    from jaxflash.ops.attention import cudnn_unsupported_reason
+
+    spec = AttentionSpec(q_len=q_shape[1], kv_len=k_shape[1], scale=0.125, **{"want_lse": False, **kw})
+    q, k = jnp.zeros(q_shape, dtype), jnp.zeros(k_shape, dtype)
+    return cudnn_unsupported_reason(q, k, spec, MaskArrays())
+
+
+def test_cudnn_route_takes_only_the_measured_configurations():
+    plain = (2, 128, 4, 64)
+    assert _cudnn_reason(plain, plain) is None
+    assert _cudnn_reason(plain, plain, causal=True) is None
+    assert _cudnn_reason((2, 128, 4, 128), (2, 128, 4, 128), dtype=jnp.float16) is None
+    assert "bf16/f16" in _cudnn_reason(plain, plain, dtype=jnp.float32)
+    assert "head_dim" in _cudnn_reason((2, 128, 4, 80 + 4), (2, 128, 4, 84))
+    assert "head_dim" in _cudnn_reason((2, 128, 4, 256), (2, 128, 4, 256))
+    assert "GQA" in _cudnn_reason(plain, (2, 128, 2, 64))
+    assert "top-left" in _cudnn_reason((2, 64, 4, 64), (2, 128, 4, 64), causal=True)
+    assert _cudnn_reason((2, 64, 4, 64), (2, 128, 4, 64)) is None  # not causal: lengths may differ
+    assert "logsumexp" in _cudnn_reason(plain, plain, want_lse=True)
+    assert "window" in _cudnn_reason(plain, plain, window=(8, 0))
+    assert "window" in _cudnn_reason(plain, plain, logits_soft_cap=30.0)
+    from jaxflash.pallas_kernels.flash_attention import AttentionSpec, MaskArrays
+
+    from jaxflash.ops.attention import cudnn_unsupported_reason
+
+    spec = AttentionSpec(q_len=128, kv_len=128, scale=0.125, want_lse=False)
+    q = jnp.zeros(plain, jnp.bfloat16)
+    padded = MaskArrays(kv_lengths=jnp.full((2,), 100, jnp.int32))
+    assert "kv_lengths" in cudnn_unsupported_reason(q, q, spec, padded)
+
+
+def test_cudnn_route_is_gpu_only_and_skipped_on_cpu(key):
+    q = random_normal(key, (1, 32, 2, 64)).astype(jnp.bfloat16)
+    assert jaxflash.registered("attention")["attention"][0] == "cudnn"
+    assert "cudnn" not in jaxflash.supported("attention", "cpu")["attention"]
+    with pytest.raises(NotImplementedError, match=r"runs on \['gpu'\]"):
+        jaxflash.attention(q, q, q, implementation="cudnn")
+    out = jaxflash.attention(q, q, q, causal=True)  # the default order falls through to xla here
+    assert_close(out, jaxflash.attention(q, q, q, causal=True, implementation="reference"))
