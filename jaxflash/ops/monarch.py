@@ -139,18 +139,20 @@ def _chunk_rows(rows: int, features: int, itemsize: int) -> int:
     return min(rows, 1 << min(target.bit_length() - 1, 10))
 
 
-def _by_chunks(fn: Callable[..., Any], rows: int, chunk: int, *row_args: jax.Array) -> Any:
-    """``fn`` over row chunks of ``row_args`` (lax.map), the remainder rows as one more call; outputs
-    concatenated along rows. ``fn`` returns a tuple of [rows, ...] arrays."""
+def _scan_rows(
+    step: Callable[..., Any], init: Any, chunk: int, *row_args: jax.Array
+) -> tuple[Any, jax.Array]:
+    """``lax.scan`` of ``step(carry, row_chunks) -> (carry, out)`` over ``chunk``-row slices of
+    ``row_args``, the remainder rows as one more step; the per-chunk outputs concatenated along rows."""
+    rows = row_args[0].shape[0]
     main = rows - rows % chunk
-    if main == rows and chunk == rows:
-        return fn(*row_args)
-    outs = jax.lax.map(lambda a: fn(*a), tuple(a[:main].reshape(-1, chunk, *a.shape[1:]) for a in row_args))
-    outs = tuple(o.reshape(main, *o.shape[2:]) for o in outs)
+    split = tuple(a[:main].reshape(-1, chunk, *a.shape[1:]) for a in row_args)
+    carry, out = jax.lax.scan(step, init, split)
+    out = out.reshape(main, *out.shape[2:])
     if main < rows:
-        tail = fn(*(a[main:] for a in row_args))
-        outs = tuple(jnp.concatenate([o, t]) for o, t in zip(outs, tail, strict=True))
-    return outs
+        carry, tail = step(carry, tuple(a[main:] for a in row_args))
+        out = jnp.concatenate([out, tail])
+    return carry, out
 
 
 def _block_leading(x: jax.Array, w1: jax.Array, w2: jax.Array):
@@ -168,10 +170,10 @@ def _block_leading(x: jax.Array, w1: jax.Array, w2: jax.Array):
     return x3, hm, z
 
 
-def _rows_fwd(x: jax.Array, w1: jax.Array, w2: jax.Array) -> tuple[jax.Array]:
+def _rows_fwd(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
     l, s, _ = w2.shape
     z = _block_leading(x, w1, w2)[2]
-    return (jnp.transpose(z, (1, 2, 0)).reshape(-1, s * l).astype(x.dtype),)  # P_out: (s, l) order
+    return jnp.transpose(z, (1, 2, 0)).reshape(-1, s * l).astype(x.dtype)  # P_out: (s, l) order
 
 
 def _rows_bwd(x: jax.Array, dy: jax.Array, w1: jax.Array, w2: jax.Array):
@@ -197,8 +199,7 @@ def _chunk_for(x: jax.Array, w1: jax.Array, w2: jax.Array) -> int:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _monarch_chunked(x: jax.Array, w1: jax.Array, w2: jax.Array, chunk: int) -> jax.Array:
     """The Monarch product of [rows, n] ``x``, ``chunk`` rows at a time, forward and backward."""
-    fwd = functools.partial(_rows_fwd, w1=w1, w2=w2)
-    return _by_chunks(fwd, x.shape[0], chunk, x)[0]
+    return _scan_rows(lambda carry, xs: (carry, _rows_fwd(*xs, w1, w2)), None, chunk, x)[1]
 
 
 def _monarch_chunked_fwd(x, w1, w2, chunk):
@@ -208,21 +209,13 @@ def _monarch_chunked_fwd(x, w1, w2, chunk):
 def _monarch_chunked_bwd(chunk, res, dy):
     # dx chunk by chunk; the weight gradients, sums over all rows, accumulate in the scan's carry.
     x, w1, w2 = res
-    rows = x.shape[0]
-    main = rows - rows % chunk
 
     def step(carry, xs):
         dx, dw1, dw2 = _rows_bwd(*xs, w1, w2)
         return (carry[0] + dw1, carry[1] + dw2), dx
 
-    f32 = jnp.float32
-    init = (jnp.zeros(w1.shape, f32), jnp.zeros(w2.shape, f32))
-    split = (x[:main].reshape(-1, chunk, x.shape[1]), dy[:main].reshape(-1, chunk, dy.shape[1]))
-    (dw1, dw2), dx = jax.lax.scan(step, init, split)
-    dx = dx.reshape(main, -1)
-    if main < rows:
-        (dw1, dw2), dx_tail = step((dw1, dw2), (x[main:], dy[main:]))
-        dx = jnp.concatenate([dx, dx_tail])
+    init = (jnp.zeros(w1.shape, jnp.float32), jnp.zeros(w2.shape, jnp.float32))
+    (dw1, dw2), dx = _scan_rows(step, init, chunk, x, dy)
     return dx, dw1.astype(w1.dtype), dw2.astype(w2.dtype)
 
 

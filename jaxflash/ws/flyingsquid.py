@@ -185,6 +185,14 @@ def _level(Lpm: jax.Array) -> jax.Array:
 _CHUNK = 8192
 
 
+def _row_blocks(L: jax.Array) -> jax.Array:
+    """``[rows, m]`` as ``[rows / C, C, m]`` with ``C = gcd(rows, _CHUNK)``: padded row counts are
+    multiples of 64 (:func:`~jaxflash.ws.label_matrix.pad_rows_int8`), so chunks have at least 64 rows."""
+    rows, m = L.shape
+    chunk = math.gcd(rows, _CHUNK)
+    return L.reshape(rows // chunk, chunk, m)
+
+
 def _moments_impl(L: jax.Array, n: jax.Array, cls: jax.Array, pairs: jax.Array):
     """The only pass over the data: M = L^T L / n, P(abstain), P(+1), and P(l_i, l_j) of dependent pairs.
 
@@ -193,8 +201,8 @@ def _moments_impl(L: jax.Array, n: jax.Array, cls: jax.Array, pairs: jax.Array):
     the true ``n``. The rows are scanned in chunks of at most :data:`_CHUNK`.
     """
     rows, m = L.shape
-    chunk = math.gcd(rows, _CHUNK)
-    blocks = L.reshape(rows // chunk, chunk, m)
+    blocks = _row_blocks(L)
+    chunk = blocks.shape[1]
     n_pairs = pairs.shape[0]
 
     def step(carry, block):
@@ -234,11 +242,8 @@ _moments_ovr = jax.jit(jax.vmap(_moments_impl, in_axes=(None, None, 0, None)))
 def _frame_scores(L: jax.Array, *tables: jax.Array, v: int) -> jax.Array:
     """:func:`_frame_scores_rows` over row chunks of at most :data:`_CHUNK` (lax.map): each chunk's [C, m]
     lookups stay in cache instead of going through memory as [n, m] f32 arrays."""
-    rows, m = L.shape
-    chunk = math.gcd(rows, _CHUNK)
-    blocks = L.reshape(rows // chunk, chunk, m)
-    out = jax.lax.map(lambda block: _frame_scores_rows(block, *tables, v=v), blocks)
-    return out.reshape(rows, v, 2)
+    out = jax.lax.map(lambda block: _frame_scores_rows(block, *tables, v=v), _row_blocks(L))
+    return out.reshape(L.shape[0], v, 2)
 
 
 def _frame_scores_rows(
