@@ -35,9 +35,12 @@ Gradients are correlations computed with the same stages: ``dx = corr(dz, k)`` i
 with the conjugate kernel spectrum, and ``dk = sum_b corr(dz_b, x_b)`` accumulates
 ``conj(X_hat) * dZ_hat`` over the batch in the frequency domain before one inverse transform.
 
-Order 2 only: the on-chip working set is ``N1 x N2`` complex values per signal, which limits the
-compiled kernel to ``N <= MAX_FFT_SIZE``; longer sequences are served by the XLA path (the dispatcher
-falls back). FlashFFTConv's order-3/4 decompositions are not implemented.
+Order 2 keeps ``N1 x N2`` complex values per signal on chip, which limits it to ``N <= MAX_FFT_SIZE``.
+Past that, order 3 (section "order 3" below) splits the signal into ``P`` rows of ``S`` samples: an
+outer ``P``-point DFT by XLA matmuls, then a kernel that runs the order-2 stages on each complex row,
+multiplies by the kernel spectrum and inverts, then the inverse outer DFT. That serves
+``N <= MAX_ORDER3_FFT_SIZE`` (128K); longer sequences, and frequency-sparse convolutions past order 2,
+are served by the XLA path (the dispatcher falls back). Order 4 is not implemented.
 """
 
 from __future__ import annotations
@@ -52,12 +55,18 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jaxflash.pallas_kernels.common import cdiv, compiler_params
 
-# Largest FFT size the compiled (GPU) kernel takes. A program holds `block_rows` complex N1 x N2 planes
-# plus the DFT matrices in registers. On an H200 (2026-11-30) N = 2048 compiled and matched the
-# reference; N = 8192 (seq 4096, causal) did not finish compiling in five minutes (Triton spills the
-# planes). 4096 was not tried, so the kernel stops at the size seen working; FlashFFTConv itself
-# switches to order 3 at 4K.
+# Largest FFT size of the order-2 kernel (larger sizes use order 3, below). A program holds
+# `block_rows` complex N1 x N2 planes plus the DFT matrices in registers. On an H200 (2026-11-30)
+# N = 2048 compiled and matched the reference; N = 8192 (seq 4096, causal) did not finish compiling in
+# five minutes (Triton spills the planes). 4096 was not tried, so order 2 stops at the size seen
+# working; FlashFFTConv itself switches to order 3 at 4K.
 MAX_FFT_SIZE = 2048
+# Compiled order-3 sizes: rows of INNER_FFT_SIZE samples (a complex row doubles the on-chip working set
+# of a real one, so half the order-2 cap) and at most MAX_OUTER_SIZE rows (the dense outer DFT's cost
+# per sample grows with P). Neither has been compiled on a GPU yet (2026-12-01).
+INNER_FFT_SIZE = 1024
+MAX_OUTER_SIZE = 128
+MAX_ORDER3_FFT_SIZE = INNER_FFT_SIZE * MAX_OUTER_SIZE
 # Triton's tl.dot needs every matmul dimension >= 16, so N1 and N2 are at least 16 when compiled.
 MIN_COMPILED_FFT_SIZE = 256
 
@@ -74,12 +83,17 @@ class FFTConvConfig:
       min_dim: smallest matmul dimension of the plan (rows and kept columns are padded up to it);
         None: 16 when compiled (Triton's tl.dot), 1 when interpreted. Tests set 16 to run the
         compiled plan's shapes in interpret mode.
+      max_order2_size: largest FFT size done by the order-2 kernel; larger sizes use order 3.
+      inner_size: samples per row of the order-3 split (a power of two). Tests set both small to run
+        order 3 at small sizes.
     """
 
     block_rows: int = 4
     num_warps: int | None = None
     num_stages: int = 1
     min_dim: int | None = None
+    max_order2_size: int = MAX_FFT_SIZE
+    inner_size: int = INNER_FFT_SIZE
 
 
 # --- plan: factor sizes, kept columns, DFT matrices ------------------------------------------------
@@ -193,18 +207,32 @@ def _dot(a, b, matmul_dtype, precision):
     )
 
 
-def _forward_fft(x, f1r, f1i, twr, twi, f2r, f2i, mm):
-    """Real ``x`` [M, N2] (rows of X; the rest are zero) -> digit-reversed spectrum [N1, Q]."""
+def _forward_fft(x, f1r, f1i, twr, twi, f2r, f2i, mm, xi=None):
+    """``x`` [M, N2] (rows of X; the rest are zero), real or with imaginary part ``xi`` -> digit-reversed
+    spectrum [N1, Q]."""
     ar, ai = mm(f1r, x), mm(f1i, x)
+    if xi is not None:
+        ar, ai = ar - mm(f1i, xi), ai + mm(f1r, xi)
     br, bi = ar * twr - ai * twi, ar * twi + ai * twr
     return mm(br, f2r) - mm(bi, f2i), mm(br, f2i) + mm(bi, f2r)
 
 
+def _inverse_rows(dr, di, g2r, g2i, tvr, tvi, mm):
+    """The inverse's first stage and twiddles: digit-reversed spectrum [N1, Q] -> [N1, N2] complex."""
+    er, ei = mm(dr, g2r) - mm(di, g2i), mm(dr, g2i) + mm(di, g2r)
+    return er * tvr - ei * tvi, er * tvi + ei * tvr
+
+
 def _inverse_fft(dr, di, g2r, g2i, tvr, tvi, g1r, g1i, mm):
     """Digit-reversed spectrum [N1, Q] -> real part of the first rows of the inverse, [rows, N2]."""
-    er, ei = mm(dr, g2r) - mm(di, g2i), mm(dr, g2i) + mm(di, g2r)
-    fr, fi = er * tvr - ei * tvi, er * tvi + ei * tvr
+    fr, fi = _inverse_rows(dr, di, g2r, g2i, tvr, tvi, mm)
     return mm(g1r, fr) - mm(g1i, fi)
+
+
+def _inverse_fft_complex(dr, di, g2r, g2i, tvr, tvi, g1r, g1i, mm):
+    """Digit-reversed spectrum [N1, Q] -> the first rows of the complex inverse, [rows, N2] twice."""
+    fr, fi = _inverse_rows(dr, di, g2r, g2i, tvr, tvi, mm)
+    return mm(g1r, fr) - mm(g1i, fi), mm(g1r, fi) + mm(g1i, fr)
 
 
 def _conv_kernel(*refs, has_pre, has_post, rows, matmul_dtype, precision):
@@ -286,7 +314,8 @@ def _num_warps(config: FFTConvConfig, plan: _Plan) -> int:
 
 
 def _const_specs(consts: list[jax.Array]) -> list[pl.BlockSpec]:
-    return [pl.BlockSpec(c.shape, lambda i, j: (0, 0)) for c in consts]
+    """Whole 2-D constants, the same block for every program of a grid of any rank."""
+    return [pl.BlockSpec(c.shape, lambda *_: (0, 0)) for c in consts]
 
 
 def conv_rows(
@@ -438,9 +467,15 @@ def fftconv(
     if config.block_rows & (config.block_rows - 1):
         raise ValueError(f"{config.block_rows=} must be a power of two")
     min_dim = config.min_dim if config.min_dim is not None else (1 if interpret is not False else 16)
-    plan = make_plan(u.shape[1], k.shape[0], fft_size, keep_frequencies, min_dim)
     if skip is None:
         skip = jnp.zeros((u.shape[2],), jnp.float32)
+    if fft_size > config.max_order2_size:
+        if keep_frequencies is not None:
+            raise NotImplementedError(_ORDER3_SPARSE)
+        plan3 = make_plan3(u.shape[1], k.shape[0], fft_size, config.inner_size, min_dim)
+        static3 = _Static3(plan3, interpret, config, _matmul_dtype(u.dtype).name)
+        return _fftconv3(u, k, skip, pre_gate, post_gate, static3)
+    plan = make_plan(u.shape[1], k.shape[0], fft_size, keep_frequencies, min_dim)
     return _fftconv_jit(u, k, skip, pre_gate, post_gate, _Static(plan, interpret, config))
 
 
@@ -498,6 +533,227 @@ _fftconv.defvjp(_fftconv_fwd, _fftconv_bwd)
 _fftconv_jit = jax.jit(_fftconv, static_argnums=(5,))
 
 
+# --- order 3: an outer DFT around the row kernel -----------------------------------------------------------
+#
+# For FFT sizes past the order-2 kernel's cap, N = P * S. Viewing a signal as X[p, s] = x[p * S + s]
+# (P rows of S samples) and writing a bin as k = kp + P * ks (the paper's eq. 2 once more, one level up):
+#
+#     A[kp, s] = T[kp, s] * sum_p F_P[kp, p] X[p, s],     T[kp, s] = w_N^(kp * s)
+#     X_hat[kp + P * ks] = sum_s A[kp, s] w_S^(s * ks)     (an S-point DFT of row kp)
+#
+# So the convolution is: the outer DFT over rows with its twiddles (a dense P x P matmul, done by XLA;
+# only the first ceil(L / S) rows of X hold input), then for every row kp an S-point circular convolution
+# of the complex row A[kp] with the row's slice of the kernel spectrum (the Pallas kernel below: the
+# order-2 stages on complex rows, the product and the inverse, all on chip), then conjugate twiddles
+# and the inverse outer DFT (XLA again), computing only the output rows that hold the first L samples.
+# With the inner order-2 split S = S1 * S2 this is FlashFFTConv's order-3 decomposition; unlike the
+# paper's single kernel, the intermediate A makes one round trip through memory.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan3:
+    n: int  # FFT size, n = outer * inner.n
+    outer: int  # P: rows of the [P, S] view
+    inner: _Plan  # order-2 plan of one full complex row of S samples
+    rows_in: int  # rows of X that hold input: ceil(L / S)
+    rows_out: int  # output rows the inverse outer DFT computes
+    rows_dk: int  # rows of the kernel gradient (lags < kernel_len)
+
+
+def make_plan3(seq_len: int, kernel_len: int, n: int, inner_size: int, min_dim: int = 1) -> _Plan3:
+    """The order-3 split of FFT size ``n`` into ``n / inner_size`` rows of ``inner_size`` samples."""
+    if n % inner_size or n // inner_size < 2:
+        raise ValueError(f"order 3 needs an FFT size that is a multiple >= 2 of {inner_size=}, got {n}")
+    outer = n // inner_size
+    if outer > MAX_OUTER_SIZE:
+        raise ValueError(
+            f"FFT size {n} needs {outer} rows of {inner_size}; order 3 takes at most {MAX_OUTER_SIZE}"
+        )
+    inner = make_plan(inner_size, inner_size, inner_size, None, min_dim)
+    rows = lambda length: min(cdiv(length, inner_size), outer)  # noqa: E731
+    return _Plan3(n, outer, inner, rows(seq_len), rows(seq_len), rows(kernel_len))
+
+
+@functools.lru_cache(maxsize=64)
+def _outer_constants(n: int, outer: int, inner: int):
+    """The outer DFT matrix F_P and the twiddles T [P, S], float64 NumPy."""
+    f = np.exp(-2j * np.pi * np.outer(np.arange(outer), np.arange(outer)) / outer)
+    tw = np.exp(-2j * np.pi * np.outer(np.arange(outer), np.arange(inner)) / n)
+    return f, tw
+
+
+def kernel_spectrum3(k: jax.Array, plan: _Plan3) -> tuple[jax.Array, jax.Array]:
+    """The kernel's FFT laid out as ``[C, P, S1, S2]``: row ``kp``'s bins ``kp + P * (k1 + S1 * k2)`` in
+    the inner kernel's digit-reversed order, so no data permutation is needed anywhere."""
+    kf = jnp.fft.fft(k.astype(jnp.float32).T, n=plan.n, axis=-1)  # [C, N]
+    s1, s2 = plan.inner.n1, plan.inner.n2
+    kp = kf.reshape(kf.shape[0], s2, s1, plan.outer).transpose(0, 3, 2, 1)
+    return jnp.real(kp), jnp.imag(kp)
+
+
+def outer_forward(x: jax.Array, plan: _Plan3) -> tuple[jax.Array, jax.Array]:
+    """Real ``[B, L, C]`` -> the twiddled outer DFT ``A``, ``[C, P, B, S1, S2]`` real and imaginary parts."""
+    batch, seq, chans = x.shape
+    s = plan.inner.n
+    f, tw = _outer_constants(plan.n, plan.outer, s)
+    fr, fi = _split(f[:, : plan.rows_in], jnp.float32)
+    tr, ti = _split(tw[:, None, :], jnp.float32)  # [P, 1, S]
+    xr = jnp.transpose(x.astype(jnp.float32), (2, 0, 1))
+    xr = jnp.pad(xr, ((0, 0), (0, 0), (0, plan.rows_in * s - seq))).reshape(chans, batch, plan.rows_in, s)
+    hi = jax.lax.Precision.HIGHEST  # f32 matmuls on a GPU default to TF32
+    ar = jnp.einsum("kp,cbps->ckbs", fr, xr, precision=hi)
+    ai = jnp.einsum("kp,cbps->ckbs", fi, xr, precision=hi)
+    ar, ai = ar * tr - ai * ti, ar * ti + ai * tr
+    shape = (chans, plan.outer, batch, plan.inner.n1, plan.inner.n2)
+    return ar.reshape(shape), ai.reshape(shape)
+
+
+def outer_inverse(er: jax.Array, ei: jax.Array, plan: _Plan3, rows: int, length: int) -> jax.Array:
+    """``[C, P, B, S1, S2]`` complex rows -> real ``[B, length, C]``: conjugate twiddles over P (the inverse's
+    1/P; the rows' 1/S came from the row kernel), then the inverse outer DFT's first ``rows`` rows."""
+    chans, outer, batch = er.shape[:3]
+    s = plan.inner.n
+    f, tw = _outer_constants(plan.n, plan.outer, s)
+    tr, ti = _split(np.conj(tw)[:, None, :] / outer, jnp.float32)
+    gr, gi = _split(np.conj(f)[:rows], jnp.float32)
+    er, ei = er.reshape(chans, outer, batch, s), ei.reshape(chans, outer, batch, s)
+    fr, fi = er * tr - ei * ti, er * ti + ei * tr
+    hi = jax.lax.Precision.HIGHEST
+    y = jnp.einsum("pk,ckbs->bpsc", gr, fr, precision=hi) - jnp.einsum("pk,ckbs->bpsc", gi, fi, precision=hi)
+    return y.reshape(batch, rows * s, chans)[:, :length]
+
+
+def _rows_conv_kernel(ar_ref, ai_ref, kr_ref, ki_ref, *refs, rows, matmul_dtype, precision):
+    """One channel, one row ``kp``, ``rows`` batch rows: the S-point circular convolution of each complex
+    row with the row's kernel spectrum (forward order-2 stages, product, inverse with its 1/S)."""
+    f1r, f1i, twr, twi, f2r, f2i, g2r, g2i, tvr, tvi, g1r, g1i = (r[...] for r in refs[:12])
+    or_ref, oi_ref = refs[12:]
+    mm = functools.partial(_dot, matmul_dtype=matmul_dtype, precision=precision)
+    kr, ki = kr_ref[...], ki_ref[...]
+    for r in range(rows):
+        cr, ci = _forward_fft(ar_ref[r], f1r, f1i, twr, twi, f2r, f2i, mm, xi=ai_ref[r])
+        dr, di = cr * kr - ci * ki, cr * ki + ci * kr
+        er, ei = _inverse_fft_complex(dr, di, g2r, g2i, tvr, tvi, g1r, g1i, mm)
+        or_ref[r], oi_ref[r] = er, ei
+
+
+def _rows_corr_kernel(xr_ref, xi_ref, gr_ref, gi_ref, *refs, rows, batch, matmul_dtype, precision):
+    """One channel, one row ``kp``, ``rows`` batch rows: ``sum_b conj(fft(x_b)) * fft(g_b)``, inverted."""
+    f1r, f1i, twr, twi, f2r, f2i, g2r, g2i, tvr, tvi, g1r, g1i = (r[...] for r in refs[:12])
+    or_ref, oi_ref = refs[12:]
+    mm = functools.partial(_dot, matmul_dtype=matmul_dtype, precision=precision)
+    first = pl.program_id(2) * rows
+    acc_r = jnp.zeros(or_ref.shape, jnp.float32)
+    acc_i = jnp.zeros(or_ref.shape, jnp.float32)
+    for r in range(rows):
+        valid = first + r < batch  # rows past the batch hold garbage: select zeros (see above)
+        x = [jnp.where(valid, ref[r], 0.0) for ref in (xr_ref, xi_ref, gr_ref, gi_ref)]
+        ar, ai = _forward_fft(x[0], f1r, f1i, twr, twi, f2r, f2i, mm, xi=x[1])
+        br, bi = _forward_fft(x[2], f1r, f1i, twr, twi, f2r, f2i, mm, xi=x[3])
+        acc_r += ar * br + ai * bi
+        acc_i += ar * bi - ai * br
+    or_ref[...], oi_ref[...] = _inverse_fft_complex(acc_r, acc_i, g2r, g2i, tvr, tvi, g1r, g1i, mm)
+
+
+def _rows_call(kernel, name, a, b, plan, matmul_dtype, *, summed, interpret, config, **params):
+    """A row kernel over ``[C, P, B, S1, S2]`` pairs ``a`` and ``b`` (each real, imaginary; ``b`` may be
+    a per-channel ``[C, P, S1, S2]`` spectrum), grid (channel, row, batch block). The outputs are
+    ``[C, P, B, S1, S2]``, or with ``summed`` one partial sum per batch block, ``[C, P, blocks, S1, S2]``."""
+    chans, outer, batch, s1, s2 = a[0].shape
+    rows = min(config.block_rows, _next_pow2(batch))
+    nb = cdiv(batch, rows)
+    consts = _consts_for(plan.inner, s1, matmul_dtype)
+    data = pl.BlockSpec((None, None, rows, s1, s2), lambda i, p, j: (i, p, j, 0, 0))
+    spec_b = data if b[0].ndim == 5 else pl.BlockSpec((None, None, s1, s2), lambda i, p, j: (i, p, 0, 0))
+    if not summed:
+        out_spec, out_shape = data, (chans, outer, batch, s1, s2)
+    else:
+        out_spec = pl.BlockSpec((None, None, None, s1, s2), lambda i, p, j: (i, p, j, 0, 0))
+        out_shape = (chans, outer, nb, s1, s2)
+    body = functools.partial(
+        kernel, rows=rows, matmul_dtype=matmul_dtype, precision=_precision(matmul_dtype), **params
+    )
+    return pl.pallas_call(
+        body,
+        grid=(chans, outer, nb),
+        in_specs=[data, data, spec_b, spec_b, *_const_specs(consts)],
+        out_specs=[out_spec, out_spec],
+        out_shape=[jax.ShapeDtypeStruct(out_shape, jnp.float32)] * 2,
+        interpret=interpret,
+        compiler_params=compiler_params(
+            interpret,
+            num_warps=_num_warps(config, plan.inner),
+            num_stages=config.num_stages,
+            dimension_semantics=("parallel", "parallel", "parallel"),
+        ),
+        name=name,
+    )(*a, *b, *consts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static3:
+    plan: _Plan3
+    interpret: Any
+    config: FFTConvConfig
+    matmul_dtype: str  # dtype of the row kernel's DFT matmuls: the inputs' (bf16/f16) or float32
+
+
+def _circular3(x: jax.Array, kr: jax.Array, ki: jax.Array, static: _Static3) -> jax.Array:
+    """The size-N circular convolution of real f32 ``x`` [B, L, C] with the spectrum ``(kr, ki)``."""
+    kw = dict(interpret=static.interpret, config=static.config)
+    a = outer_forward(x, static.plan)
+    e = _rows_call(
+        _rows_conv_kernel, "fftconv3_rows", a, (kr, ki), static.plan, static.matmul_dtype, summed=False, **kw
+    )
+    return outer_inverse(*e, static.plan, static.plan.rows_out, x.shape[1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv3(x: jax.Array, k: jax.Array, static: _Static3) -> jax.Array:
+    return _circular3(x, *kernel_spectrum3(k, static.plan), static)
+
+
+def _conv3_fwd(x, k, static):
+    return _conv3(x, k, static), (x, k)
+
+
+def _conv3_bwd(static, res, g):
+    x, k = res
+    plan = static.plan
+    kr, ki = kernel_spectrum3(k, plan)
+    dx = _circular3(g, kr, -ki, static)  # corr(g, k): the conjugate kernel spectrum
+    s = _rows_call(
+        _rows_corr_kernel,
+        "fftconv3_kernel_grad",
+        outer_forward(x, plan),
+        outer_forward(g, plan),
+        plan,
+        static.matmul_dtype,
+        summed=True,
+        interpret=static.interpret,
+        config=static.config,
+        batch=x.shape[0],
+    )
+    s = [part.sum(axis=2, keepdims=True) for part in s]  # the batch blocks' partial sums
+    dk = outer_inverse(*s, plan, plan.rows_dk, k.shape[0])[0]
+    return dx, dk
+
+
+_conv3.defvjp(_conv3_fwd, _conv3_bwd)
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
+def _fftconv3(u, k, skip, pre, post, static: _Static3):
+    """The gated form around :func:`_conv3`; the gates' and skip's gradients by plain autodiff."""
+    x = u.astype(jnp.float32)
+    if pre is not None:
+        x = x * pre.astype(jnp.float32)
+    y = _conv3(x, k.astype(jnp.float32), static) + skip.astype(jnp.float32) * x
+    if post is not None:
+        y = y * post.astype(jnp.float32)
+    return y.astype(u.dtype)
+
+
 # --- reference -------------------------------------------------------------------------------------------
 
 
@@ -532,19 +788,27 @@ def reference(
     return y.astype(u.dtype)
 
 
-def fft_size_ok(n: int, compiled: bool) -> str | None:
-    """Why the kernel cannot use FFT size ``n``, or None when it can."""
+_ORDER3_SPARSE = (
+    f"frequency-sparse convolution with an FFT size above {MAX_FFT_SIZE} (the order-3 kernel) is not "
+    "implemented; the XLA path serves it"
+)
+
+
+def fft_size_ok(n: int, compiled: bool, keep_frequencies: int | None = None) -> str | None:
+    """Why the kernel (default config) cannot use FFT size ``n``, or None when it can."""
     if n & (n - 1) or n < 4:
         return f"the Pallas kernel needs a power-of-two FFT size, got {n}"
     if compiled and n < MIN_COMPILED_FFT_SIZE:
         return (
             f"the compiled kernel needs FFT size >= {MIN_COMPILED_FFT_SIZE} (Triton dot dims >= 16), got {n}"
         )
-    if compiled and n > MAX_FFT_SIZE:
+    if n > MAX_ORDER3_FFT_SIZE:
         return (
-            f"FFT size {n} > {MAX_FFT_SIZE}: the order-2 kernel's working set does not fit on chip "
-            "(order-3/4 decompositions are not implemented)"
+            f"FFT size {n} > {MAX_ORDER3_FFT_SIZE}: past the order-3 kernel's {MAX_OUTER_SIZE} rows of "
+            f"{INNER_FFT_SIZE} (order 4 is not implemented)"
         )
+    if n > MAX_FFT_SIZE and keep_frequencies is not None:
+        return _ORDER3_SPARSE
     return None
 
 

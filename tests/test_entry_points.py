@@ -40,3 +40,8 @@ def test_gpu_check_order_covers_every_suite():
 def test_gpu_check_kills_a_check_past_its_time():
     row = gpu_check.run_check_in_child("monarch", 0, timeout=0.5)  # JAX alone takes longer to start
     assert row["status"] == "TIMEOUT" and "killed" in row["detail"]
+
+
+def test_gpu_check_kills_a_suite_timing_past_its_time():
+    out = gpu_check.run_timings_in_child("matmul", timeout=0.5)
+    assert isinstance(out, str) and "killed" in out

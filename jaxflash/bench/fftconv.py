@@ -19,8 +19,8 @@ DEFAULT_SIZES = (1024, 16384, 262144, 1048576)
 QUICK_SIZES = (256, 1024)
 CPU_BATCH, CPU_CHANNELS = 2, 128
 # FlashFFTConv README (H100): B=64, H=768, gated, chosen to fit the ~1.5 minute GPU timing budget. The
-# compiled kernel serves FFT sizes up to MAX_FFT_SIZE (2048: L <= 1024); at 2048 and 4096 only the XLA
-# (cuFFT) paths run, so those rows time jnp.fft against our XLA path.
+# order-2 kernel serves FFT sizes up to MAX_FFT_SIZE (2048: L <= 1024); seq 2048 and 4096 run its order-3
+# form (4 and 8 rows of 1024).
 GPU_SIZES = (256, 1024, 2048, 4096)
 GPU_BATCH, GPU_CHANNELS = 64, 768
 
@@ -254,6 +254,9 @@ _CHECKS = (
     ("bf16 seq 1024 gated", 1024, "bfloat16", dict(gated=True)),
     ("f32 circular kernel 2x512 gated", 512, "float32", dict(gated=True, causal=False)),
     ("f32 frequency-sparse 100 bins", 512, "float32", dict(gated=False, keep=100)),
+    # Order 3 (FFT size > MAX_FFT_SIZE): 8 and 4 rows of 1024 around the complex-row kernel.
+    ("f32 seq 3000 gated (order 3, FFT 8192)", 3000, "float32", dict(gated=True)),
+    ("bf16 seq 2048 gated (order 3, FFT 4096)", 2048, "bfloat16", dict(gated=True)),
 )
 
 GPU_CHECKS = tuple(

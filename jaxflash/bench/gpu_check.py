@@ -6,7 +6,8 @@ runs, within a time budget (8 minutes by default):
 1. the device report (what JAX sees);
 2. every bench module's ``GPU_CHECKS``: the compiled kernel (``implementation="pallas"``) against
    its reference, forward and backward, each in its own process, killed after ``--check-seconds``;
-3. every bench suite on the GPU at the module's ``GPU_SIZES``, peers included where installed.
+3. every bench suite on the GPU at the module's ``GPU_SIZES``, peers included where installed, each
+   suite in its own process, killed after ``--suite-seconds``.
 
 Work that the budget leaves no time for is listed as not run. Full results go to ``--out`` (or
 ``JAXFLASH_GPU_CHECK_OUT``) as JSON and markdown; a short table is printed last. The exit code is 1
@@ -24,7 +25,7 @@ import time
 import traceback
 from typing import Any
 
-from jaxflash.bench.harness import machine_info, markdown_table, run_suite
+from jaxflash.bench.harness import Result, machine_info, markdown_table, run_suite
 from jaxflash.bench.suites import get_suite, suite_module
 
 OUT_ENV_VAR = "JAXFLASH_GPU_CHECK_OUT"
@@ -58,10 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         default=150.0,
         help="each check runs in its own process, killed after this (a compile that never ends)",
     )
+    parser.add_argument(
+        "--suite-seconds",
+        type=float,
+        default=240.0,
+        help="each suite's timings run in their own process, killed after this",
+    )
     parser.add_argument("--child-check", nargs=2, metavar=("SUITE", "INDEX"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-timings", metavar="SUITE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_check:
         return _child_check(args.child_check[0], int(args.child_check[1]))
+    if args.child_timings:
+        return _child_timings(args.child_timings)
     start = time.monotonic()
     deadline = start + args.budget_seconds
     os.makedirs(args.out, exist_ok=True)
@@ -95,24 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, Any] = {}
     if not args.no_timings:
         for name in args.suites:
-            module = suite_module(name)
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 timings[name] = "not run: time budget spent"
                 continue
-            sizes = getattr(module, "GPU_SIZES", None)
-            try:
-                results = run_suite(
-                    get_suite(name),
-                    sizes=sizes,
-                    quick=sizes is None,
-                    warmup=2,
-                    repeats=10,
-                    max_seconds=5.0,
-                    memory=False,
-                )
-                timings[name] = results
-            except Exception as e:
-                timings[name] = f"error: {type(e).__name__}: {e}"[:500]
+            timings[name] = run_timings_in_child(name, min(args.suite_seconds, left))
             # Written as each suite ends, so a run stopped at its limit keeps what it finished.
             res = timings[name]
             print(f"## {name}\n\n{markdown_table(res) if isinstance(res, list) else res}\n", flush=True)
@@ -164,6 +161,40 @@ def _child_check(suite: str, index: int) -> int:
     except Exception as e:  # a kernel that fails to compile is a finding, not a crash
         row.update(status="ERROR", detail=f"{type(e).__name__}: {e}"[:500], trace=traceback.format_exc())
     print(_RESULT + json.dumps(row, default=str), flush=True)
+    return 0
+
+
+def run_timings_in_child(suite: str, timeout: float) -> list[Result] | str:
+    """The suite's timings at its ``GPU_SIZES`` in a fresh process, killed after ``timeout`` seconds (a
+    candidate whose compile never ends costs that suite's table, not the session)."""
+    cmd = [sys.executable, "-m", "jaxflash.bench.gpu_check", "--child-timings", suite]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"not finished in {timeout:.0f} s (a compile that never ends?); killed"
+    for line in proc.stdout.splitlines():
+        if line.startswith(_RESULT):
+            payload = json.loads(line[len(_RESULT) :])
+            return [Result(**r) for r in payload] if isinstance(payload, list) else payload
+    return f"error: the suite's process exited {proc.returncode}: {proc.stderr[-400:]}"
+
+
+def _child_timings(suite: str) -> int:
+    sizes = getattr(suite_module(suite), "GPU_SIZES", None)
+    try:
+        results = run_suite(
+            get_suite(suite),
+            sizes=sizes,
+            quick=sizes is None,
+            warmup=2,
+            repeats=10,
+            max_seconds=5.0,
+            memory=False,
+        )
+        payload: Any = [r.__dict__ for r in results]
+    except Exception as e:
+        payload = f"error: {type(e).__name__}: {e}"[:500]
+    print(_RESULT + json.dumps(payload, default=str), flush=True)
     return 0
 
 

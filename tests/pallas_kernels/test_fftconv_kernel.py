@@ -81,7 +81,9 @@ def test_compiled_size_limits():
     assert fk.fft_size_ok(64, compiled=False) is None
     assert "power-of-two" in fk.fft_size_ok(96, compiled=False)
     assert ">= 256" in fk.fft_size_ok(64, compiled=True)
-    assert "order-3/4" in fk.fft_size_ok(2 * fk.MAX_FFT_SIZE, compiled=True)
+    assert fk.fft_size_ok(2 * fk.MAX_FFT_SIZE, compiled=True) is None  # order 3
+    assert "not implemented" in fk.fft_size_ok(2 * fk.MAX_FFT_SIZE, compiled=True, keep_frequencies=9)
+    assert "order 4" in fk.fft_size_ok(2 * fk.MAX_ORDER3_FFT_SIZE, compiled=False)
     assert fk.smallest_fft_size(300, compiled=True) == 512 and fk.smallest_fft_size(5, compiled=True) == 256
 
 
@@ -128,9 +130,9 @@ def test_circular_kernel(key):
 # --- gradients ----------------------------------------------------------------------------------------------
 
 
-def _grad_check(key, args, n, keep=None, dtype=None, scale=1.0):
+def _grad_check(key, args, n, keep=None, dtype=None, scale=1.0, config=SMALL):
     def kern(*a):
-        return run(a, n, keep)
+        return run(a, n, keep, config)
 
     def ref(*a):
         return fk.reference(*a, fft_size=n, keep_frequencies=keep)
@@ -189,3 +191,90 @@ def test_gpu_check_logic_in_interpret_mode():
     report = bench.check_against_reference(16, "float32", gated=True, implementation=IMPL, batch=3, chans=2)
     assert report["y_rel_err"] < report["rel_tol"] and "dpost_rel_err" in report
     assert len(bench.GPU_CHECKS) >= 4 and all(s >= 256 for s in bench.GPU_SIZES)
+
+
+# --- order 3: outer DFT (XLA) around the complex-row kernel ------------------------------------------------
+
+# Rows of 16 samples, so sizes above 32 take the order-3 path: P = 4 .. 16 rows here.
+ORDER3 = fk.FFTConvConfig(block_rows=2, max_order2_size=32, inner_size=16)
+
+
+def test_order3_plan():
+    plan = fk.make_plan3(seq_len=50, kernel_len=7, n=128, inner_size=16)
+    assert plan.outer == 8 and plan.inner.n == 16 and (plan.inner.n1, plan.inner.n2) == (4, 4)
+    # Rows of the [8, 16] view: input and output in the first ceil(50 / 16) = 4, lags < 7 in one.
+    assert (plan.rows_in, plan.rows_out, plan.rows_dk) == (4, 4, 1)
+    with pytest.raises(ValueError, match="multiple"):
+        fk.make_plan3(10, 10, 16, inner_size=16)
+    with pytest.raises(ValueError, match="at most"):
+        fk.make_plan3(10, 10, 16 * 2 * fk.MAX_OUTER_SIZE, inner_size=16)
+
+
+def test_order3_spectrum_layout(key):
+    """Outer DFT + twiddles, then each row's inner stages, give bin kp + P * (k1 + S1 * k2) at
+    [kp, k1, k2]: the layout kernel_spectrum3 stores the kernel in."""
+    n = 128
+    plan = fk.make_plan3(n, n, n, inner_size=16)
+    x = random_normal(key, (1, n, 1))
+    ar, ai = fk.outer_forward(x, plan)  # [1, P, 1, S1, S2]
+    f1r, f1i, twr, twi, f2r, f2i, *_ = fk._consts_for(plan.inner, plan.inner.n1, jnp.float32)
+    mm = lambda a, b: jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
+    rows = [fk._forward_fft(ar[0, p, 0], f1r, f1i, twr, twi, f2r, f2i, mm, xi=ai[0, p, 0]) for p in range(8)]
+    got = np.stack([np.asarray(r) + 1j * np.asarray(i) for r, i in rows])
+    kr, ki = fk.kernel_spectrum3(x[0], plan)
+    want = np.asarray(kr[0]) + 1j * np.asarray(ki[0])
+    assert_close(got.real, want.real, **F32_TOL)
+    assert_close(got.imag, want.imag, **F32_TOL)
+    direct = np.fft.fft(np.asarray(x[0, :, 0], np.float64))
+    assert_close(want[3, 2, 1].real, direct[3 + 8 * (2 + 4 * 1)].real, **F32_TOL)
+
+
+@pytest.mark.parametrize(
+    "seq,kernel_len,n",
+    [(30, 7, 64), (50, 50, 128), (64, 64, 128), (33, 20, 256)],  # partial; full; exact 2L; P = 16
+)
+def test_order3_forward_matches_float64(key, seq, kernel_len, n):
+    args = inputs(key, 5, seq, 3, kernel_len)
+    y = run(args, n, config=ORDER3)
+    assert y.shape == (5, seq, 3) and y.dtype == jnp.float32
+    assert_close(y, numpy_conv(*as64(args), n), **F32_TOL)
+
+
+def test_order3_circular_kernel_ungated(key):
+    u, _, skip, _, _ = inputs(key, 3, 40, 2, 40, gated=False)
+    k = random_normal(jax.random.fold_in(key, 3), (64, 2), scale=64**-0.5)
+    args = (u, k, skip, None, None)
+    assert_close(run(args, 64, config=ORDER3), numpy_conv(*as64(args), 64), **F32_TOL)
+
+
+def test_order3_bf16(key):
+    args = inputs(key, 5, 40, 3, 40, dtype=jnp.bfloat16)
+    y = run(args, 128, config=ORDER3)
+    assert y.dtype == jnp.bfloat16
+    # bf16 operands in the row kernel's four DFT stages (the outer stages run in f32).
+    assert_close(y, numpy_conv(*as64(args), 128), dtype=jnp.bfloat16, scale=4.0)
+
+
+def test_order3_grads_gated(key):
+    # Batch 5 in blocks of 2: the kernel-gradient's last batch block is partial.
+    _grad_check(key, inputs(key, 5, 37, 3, 21), 64, scale=10.0, config=ORDER3)
+
+
+def test_order3_refuses_frequency_sparse(key):
+    args = inputs(key, 2, 30, 2, 30, gated=False)
+    with pytest.raises(NotImplementedError, match="frequency-sparse"):
+        run(args, 64, keep=5, config=ORDER3)
+
+
+def test_order3_compiled_plan_shapes_in_interpret_mode(key):
+    """Rows of 256 samples (inner matmuls 16 x 16, Triton's minimum), 4 rows: the compiled plan's shapes."""
+    args = inputs(key, 3, 300, 2, 300)
+    config = fk.FFTConvConfig(block_rows=1, min_dim=16, max_order2_size=256, inner_size=256)
+    assert_close(run(args, 1024, config=config), numpy_conv(*as64(args), 1024), **F32_TOL)
+
+
+def test_public_op_order3_default_sizes(key):
+    """seq 1100 -> FFT size 4096 > MAX_FFT_SIZE: the default config's order 3 (4 rows of 1024)."""
+    u, k, skip, pre, post = inputs(key, 2, 1100, 2, 1100)
+    y = jaxflash.fftconv(u, k, skip=skip, pre_gate=pre, post_gate=post, implementation=IMPL)
+    assert_close(y, numpy_conv(*as64((u, k, skip, pre, post)), 4096), **F32_TOL)
