@@ -278,3 +278,14 @@ def test_public_op_order3_default_sizes(key):
     u, k, skip, pre, post = inputs(key, 2, 1100, 2, 1100)
     y = jaxflash.fftconv(u, k, skip=skip, pre_gate=pre, post_gate=post, implementation=IMPL)
     assert_close(y, numpy_conv(*as64((u, k, skip, pre, post)), 4096), **F32_TOL)
+
+
+def test_order3_largest_size(key):
+    """The default config at its limit: FFT size MAX_ORDER3_FFT_SIZE, 128 rows of 1024, with gradients."""
+    n = fk.MAX_ORDER3_FFT_SIZE
+    seq = n // 2 - 1000
+    args = inputs(key, 3, seq, 2, seq)
+    y = fk.fftconv(*args, fft_size=n, interpret=INTERPRET)
+    assert_close(y, numpy_conv(*as64(args), n), **F32_TOL)
+    # Gradients: dk sums batch * seq ~ 2e5 products.
+    _grad_check(key, args, n, scale=100.0, config=fk.FFTConvConfig())
