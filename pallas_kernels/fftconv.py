@@ -36,11 +36,12 @@ with the conjugate kernel spectrum, and ``dk = sum_b corr(dz_b, x_b)`` accumulat
 ``conj(X_hat) * dZ_hat`` over the batch in the frequency domain before one inverse transform.
 
 Order 2 keeps ``N1 x N2`` complex values per signal on chip, which limits it to ``N <= MAX_FFT_SIZE``.
-Past that, order 3 (section "order 3" below) splits the signal into ``P`` rows of ``S`` samples: an
-outer ``P``-point DFT by XLA matmuls, then a kernel that runs the order-2 stages on each complex row,
-multiplies by the kernel spectrum and inverts, then the inverse outer DFT. That serves
-``N <= MAX_ORDER3_FFT_SIZE`` (128K); longer sequences, and frequency-sparse convolutions past order 2,
-are served by the XLA path (the dispatcher falls back). Order 4 is not implemented.
+Past that, orders 3 and 4 (section "orders 3 and 4" below) split the signal into ``P`` rows of ``S``
+samples: an outer ``P``-point DFT by XLA matmuls (one dense stage, or two with twiddles between them),
+then a kernel that runs the order-2 stages on each complex row, multiplies by the kernel spectrum and
+inverts, then the inverse outer stages. That serves ``N <= MAX_PALLAS_FFT_SIZE`` (4M); longer
+sequences, and frequency-sparse convolutions past order 2, are served by the XLA path (the dispatcher
+falls back).
 """
 
 from __future__ import annotations
@@ -61,12 +62,13 @@ from jaxflash.pallas_kernels.common import cdiv, compiler_params
 # five minutes (Triton spills the planes). 4096 was not tried, so order 2 stops at the size seen
 # working; FlashFFTConv itself switches to order 3 at 4K.
 MAX_FFT_SIZE = 2048
-# Compiled order-3 sizes: rows of INNER_FFT_SIZE samples (a complex row doubles the on-chip working set
-# of a real one, so half the order-2 cap) and at most MAX_OUTER_SIZE rows (the dense outer DFT's cost
-# per sample grows with P). Neither has been compiled on a GPU yet (2026-12-01).
+# Orders 3/4 (below): rows of INNER_FFT_SIZE samples (a complex row doubles the on-chip working set of
+# a real one, so half the order-2 cap); up to MAX_DENSE_OUTER rows the outer DFT is one dense matmul
+# (order 3), past it two (order 4), so at most MAX_DENSE_OUTER^2 rows: FFT sizes up to 4M, FlashFFTConv's
+# range. Not yet compiled on a GPU (2026-12-01).
 INNER_FFT_SIZE = 1024
-MAX_OUTER_SIZE = 128
-MAX_ORDER3_FFT_SIZE = INNER_FFT_SIZE * MAX_OUTER_SIZE
+MAX_DENSE_OUTER = 64
+MAX_PALLAS_FFT_SIZE = INNER_FFT_SIZE * MAX_DENSE_OUTER**2
 # Triton's tl.dot needs every matmul dimension >= 16, so N1 and N2 are at least 16 when compiled.
 MIN_COMPILED_FFT_SIZE = 256
 
@@ -84,8 +86,9 @@ class FFTConvConfig:
         None: 16 when compiled (Triton's tl.dot), 1 when interpreted. Tests set 16 to run the
         compiled plan's shapes in interpret mode.
       max_order2_size: largest FFT size done by the order-2 kernel; larger sizes use order 3.
-      inner_size: samples per row of the order-3 split (a power of two). Tests set both small to run
-        order 3 at small sizes.
+      inner_size: samples per row of the order-3/4 split (a power of two).
+      max_dense_outer: most rows whose outer DFT is one dense stage (order 3); more use two (order 4).
+        Tests set these three small to run orders 3 and 4 at small sizes.
     """
 
     block_rows: int = 4
@@ -94,6 +97,7 @@ class FFTConvConfig:
     min_dim: int | None = None
     max_order2_size: int = MAX_FFT_SIZE
     inner_size: int = INNER_FFT_SIZE
+    max_dense_outer: int = MAX_DENSE_OUTER
 
 
 # --- plan: factor sizes, kept columns, DFT matrices ------------------------------------------------
@@ -472,7 +476,9 @@ def fftconv(
     if fft_size > config.max_order2_size:
         if keep_frequencies is not None:
             raise NotImplementedError(_ORDER3_SPARSE)
-        plan3 = make_plan3(u.shape[1], k.shape[0], fft_size, config.inner_size, min_dim)
+        plan3 = make_plan3(
+            u.shape[1], k.shape[0], fft_size, config.inner_size, min_dim, config.max_dense_outer
+        )
         static3 = _Static3(plan3, interpret, config, _matmul_dtype(u.dtype).name)
         return _fftconv3(u, k, skip, pre_gate, post_gate, static3)
     plan = make_plan(u.shape[1], k.shape[0], fft_size, keep_frequencies, min_dim)
@@ -533,7 +539,7 @@ _fftconv.defvjp(_fftconv_fwd, _fftconv_bwd)
 _fftconv_jit = jax.jit(_fftconv, static_argnums=(5,))
 
 
-# --- order 3: an outer DFT around the row kernel -----------------------------------------------------------
+# --- orders 3 and 4: outer DFT stages around the row kernel ---------------------------------------------
 #
 # For FFT sizes past the order-2 kernel's cap, N = P * S. Viewing a signal as X[p, s] = x[p * S + s]
 # (P rows of S samples) and writing a bin as k = kp + P * ks (the paper's eq. 2 once more, one level up):
@@ -546,7 +552,10 @@ _fftconv_jit = jax.jit(_fftconv, static_argnums=(5,))
 # of the complex row A[kp] with the row's slice of the kernel spectrum (the Pallas kernel below: the
 # order-2 stages on complex rows, the product and the inverse, all on chip), then conjugate twiddles
 # and the inverse outer DFT (XLA again), computing only the output rows that hold the first L samples.
-# With the inner order-2 split S = S1 * S2 this is FlashFFTConv's order-3 decomposition; unlike the
+# With the inner order-2 split S = S1 * S2 this is FlashFFTConv's order-3 decomposition. Past
+# MAX_DENSE_OUTER rows the outer DFT is itself split, P = P1 * P2 (order 4): a P1-point DFT, twiddles
+# w_P^(k1 * p2), a P2-point DFT, leaving row kp = k1 + P1 * k2 at position k1 * P2 + k2; the kernel
+# spectrum and the row twiddles are stored in that row order, so again nothing is permuted. Unlike the
 # paper's single kernel, the intermediate A makes one round trip through memory.
 
 
@@ -554,73 +563,130 @@ _fftconv_jit = jax.jit(_fftconv, static_argnums=(5,))
 class _Plan3:
     n: int  # FFT size, n = outer * inner.n
     outer: int  # P: rows of the [P, S] view
+    factors: tuple[int, int]  # (P1, P2), P = P1 * P2; P2 = 1: one dense outer DFT (order 3), else order 4
     inner: _Plan  # order-2 plan of one full complex row of S samples
     rows_in: int  # rows of X that hold input: ceil(L / S)
     rows_out: int  # output rows the inverse outer DFT computes
     rows_dk: int  # rows of the kernel gradient (lags < kernel_len)
 
 
-def make_plan3(seq_len: int, kernel_len: int, n: int, inner_size: int, min_dim: int = 1) -> _Plan3:
-    """The order-3 split of FFT size ``n`` into ``n / inner_size`` rows of ``inner_size`` samples."""
+def make_plan3(
+    seq_len: int,
+    kernel_len: int,
+    n: int,
+    inner_size: int,
+    min_dim: int = 1,
+    max_dense_outer: int = MAX_DENSE_OUTER,
+) -> _Plan3:
+    """The split of FFT size ``n`` into ``P = n / inner_size`` rows of ``inner_size`` samples; the outer
+    DFT is one dense stage up to ``max_dense_outer`` rows, else two (``P1 >= P2``, both at most that)."""
     if n % inner_size or n // inner_size < 2:
         raise ValueError(f"order 3 needs an FFT size that is a multiple >= 2 of {inner_size=}, got {n}")
     outer = n // inner_size
-    if outer > MAX_OUTER_SIZE:
+    if outer > max_dense_outer**2:
         raise ValueError(
-            f"FFT size {n} needs {outer} rows of {inner_size}; order 3 takes at most {MAX_OUTER_SIZE}"
+            f"FFT size {n} needs {outer} rows of {inner_size}; orders 3/4 take at most "
+            f"{max_dense_outer**2} (two outer stages of {max_dense_outer})"
         )
+    if outer <= max_dense_outer:
+        factors = (outer, 1)
+    else:
+        p1 = 1 << -(-(outer.bit_length() - 1) // 2)
+        factors = (p1, outer // p1)
     inner = make_plan(inner_size, inner_size, inner_size, None, min_dim)
     rows = lambda length: min(cdiv(length, inner_size), outer)  # noqa: E731
-    return _Plan3(n, outer, inner, rows(seq_len), rows(seq_len), rows(kernel_len))
+    return _Plan3(n, outer, factors, inner, rows(seq_len), rows(seq_len), rows(kernel_len))
+
+
+def _dft(m: int) -> np.ndarray:
+    return np.exp(-2j * np.pi * np.outer(np.arange(m), np.arange(m)) / m)
+
+
+def row_order(factors: tuple[int, int]) -> np.ndarray:
+    """The outer bin ``kp = k1 + P1 * k2`` that row position ``r = k1 * P2 + k2`` holds after the two
+    outer stages (the identity for one stage): rows stay in this digit-reversed order throughout."""
+    p1, p2 = factors
+    return (np.arange(p1)[:, None] + p1 * np.arange(p2)[None, :]).ravel()
 
 
 @functools.lru_cache(maxsize=64)
-def _outer_constants(n: int, outer: int, inner: int):
-    """The outer DFT matrix F_P and the twiddles T [P, S], float64 NumPy."""
-    f = np.exp(-2j * np.pi * np.outer(np.arange(outer), np.arange(outer)) / outer)
-    tw = np.exp(-2j * np.pi * np.outer(np.arange(outer), np.arange(inner)) / n)
-    return f, tw
+def _outer_constants(n: int, factors: tuple[int, int], inner: int):
+    """float64 NumPy: F_P1, F_P2, the twiddles between the two outer stages [P1, P2] (w_P^(k1 * p2)),
+    and the row twiddles T [P, S] (w_N^(kp * s)) in row order."""
+    p1, p2 = factors
+    mid = np.exp(-2j * np.pi * np.outer(np.arange(p1), np.arange(p2)) / (p1 * p2))
+    tw = np.exp(-2j * np.pi * np.outer(row_order(factors), np.arange(inner)) / n)
+    return _dft(p1), _dft(p2), mid, tw
 
 
 def kernel_spectrum3(k: jax.Array, plan: _Plan3) -> tuple[jax.Array, jax.Array]:
-    """The kernel's FFT laid out as ``[C, P, S1, S2]``: row ``kp``'s bins ``kp + P * (k1 + S1 * k2)`` in
-    the inner kernel's digit-reversed order, so no data permutation is needed anywhere."""
+    """The kernel's FFT laid out as ``[C, P, S1, S2]``: the row holding outer bin ``kp`` has the bins
+    ``kp + P * (k1 + S1 * k2)`` in the inner kernel's digit-reversed order, rows in :func:`row_order`:
+    the layout the data reaches, so no data permutation is needed anywhere."""
     kf = jnp.fft.fft(k.astype(jnp.float32).T, n=plan.n, axis=-1)  # [C, N]
     s1, s2 = plan.inner.n1, plan.inner.n2
     kp = kf.reshape(kf.shape[0], s2, s1, plan.outer).transpose(0, 3, 2, 1)
+    if plan.factors[1] > 1:
+        kp = kp[:, row_order(plan.factors)]
     return jnp.real(kp), jnp.imag(kp)
 
 
+_HI = jax.lax.Precision.HIGHEST  # f32 matmuls on a GPU default to TF32
+
+
+def _cmul(ar, ai, br, bi):
+    return ar * br - ai * bi, ar * bi + ai * br
+
+
+def _cein(spec: str, m: np.ndarray, ar: jax.Array, ai: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``einsum(spec, m, a)`` for a complex constant matrix ``m`` and complex ``a`` (real, imag parts)."""
+    mr, mi = _split(m, jnp.float32)
+    ein = functools.partial(jnp.einsum, spec, precision=_HI)
+    return ein(mr, ar) - ein(mi, ai), ein(mr, ai) + ein(mi, ar)
+
+
 def outer_forward(x: jax.Array, plan: _Plan3) -> tuple[jax.Array, jax.Array]:
-    """Real ``[B, L, C]`` -> the twiddled outer DFT ``A``, ``[C, P, B, S1, S2]`` real and imaginary parts."""
+    """Real ``[B, L, C]`` -> the twiddled outer DFT ``A``, ``[C, P, B, S1, S2]`` real and imaginary parts,
+    rows in :func:`row_order`. Two stages: ``p = p1 * P2 + p2``, a P1-point DFT over ``p1`` (only the
+    rows holding input), twiddles ``w_P^(k1 * p2)``, a P2-point DFT over ``p2``."""
     batch, seq, chans = x.shape
     s = plan.inner.n
-    f, tw = _outer_constants(plan.n, plan.outer, s)
-    fr, fi = _split(f[:, : plan.rows_in], jnp.float32)
-    tr, ti = _split(tw[:, None, :], jnp.float32)  # [P, 1, S]
+    p1, p2 = plan.factors
+    f1, f2, mid, tw = _outer_constants(plan.n, plan.factors, s)
+    m1 = cdiv(plan.rows_in, p2)  # p1 rows holding input
     xr = jnp.transpose(x.astype(jnp.float32), (2, 0, 1))
-    xr = jnp.pad(xr, ((0, 0), (0, 0), (0, plan.rows_in * s - seq))).reshape(chans, batch, plan.rows_in, s)
-    hi = jax.lax.Precision.HIGHEST  # f32 matmuls on a GPU default to TF32
-    ar = jnp.einsum("kp,cbps->ckbs", fr, xr, precision=hi)
-    ai = jnp.einsum("kp,cbps->ckbs", fi, xr, precision=hi)
-    ar, ai = ar * tr - ai * ti, ar * ti + ai * tr
+    xr = jnp.pad(xr, ((0, 0), (0, 0), (0, m1 * p2 * s - seq))).reshape(chans, batch, m1, p2, s)
+    fr, fi = _split(f1[:, :m1], jnp.float32)
+    ar = jnp.einsum("kp,cbpqs->ckbqs", fr, xr, precision=_HI)  # [C, P1, B, P2, S]
+    ai = jnp.einsum("kp,cbpqs->ckbqs", fi, xr, precision=_HI)
+    if p2 > 1:
+        ar, ai = _cmul(ar, ai, *_split(mid[:, None, :, None], jnp.float32))
+        ar, ai = _cein("eq,ckbqs->ckebs", f2, ar, ai)  # [C, P1, P2, B, S]
+    ar, ai = ar.reshape(chans, plan.outer, batch, s), ai.reshape(chans, plan.outer, batch, s)
+    ar, ai = _cmul(ar, ai, *_split(tw[:, None, :], jnp.float32))
     shape = (chans, plan.outer, batch, plan.inner.n1, plan.inner.n2)
     return ar.reshape(shape), ai.reshape(shape)
 
 
 def outer_inverse(er: jax.Array, ei: jax.Array, plan: _Plan3, rows: int, length: int) -> jax.Array:
-    """``[C, P, B, S1, S2]`` complex rows -> real ``[B, length, C]``: conjugate twiddles over P (the inverse's
-    1/P; the rows' 1/S came from the row kernel), then the inverse outer DFT's first ``rows`` rows."""
+    """``[C, P, B, S1, S2]`` complex rows -> real ``[B, length, C]``: conjugate row twiddles with the
+    inverse's 1/P (the rows' 1/S came from the row kernel), then the outer stages inverted in reverse
+    order, the last one computing only the output rows ``< rows``."""
     chans, outer, batch = er.shape[:3]
     s = plan.inner.n
-    f, tw = _outer_constants(plan.n, plan.outer, s)
-    tr, ti = _split(np.conj(tw)[:, None, :] / outer, jnp.float32)
-    gr, gi = _split(np.conj(f)[:rows], jnp.float32)
+    p1, p2 = plan.factors
+    f1, f2, mid, tw = _outer_constants(plan.n, plan.factors, s)
     er, ei = er.reshape(chans, outer, batch, s), ei.reshape(chans, outer, batch, s)
-    fr, fi = er * tr - ei * ti, er * ti + ei * tr
-    hi = jax.lax.Precision.HIGHEST
-    y = jnp.einsum("pk,ckbs->bpsc", gr, fr, precision=hi) - jnp.einsum("pk,ckbs->bpsc", gi, fi, precision=hi)
-    return y.reshape(batch, rows * s, chans)[:, :length]
+    er, ei = _cmul(er, ei, *_split(np.conj(tw)[:, None, :] / outer, jnp.float32))
+    er, ei = er.reshape(chans, p1, p2, batch, s), ei.reshape(chans, p1, p2, batch, s)
+    if p2 > 1:
+        er, ei = _cein("qe,ckebs->ckqbs", np.conj(f2), er, ei)  # [C, P1, P2 (p2), B, S]
+        er, ei = _cmul(er, ei, *_split(np.conj(mid)[:, :, None, None], jnp.float32))
+    m1 = cdiv(rows, p2)
+    gr, gi = _split(np.conj(f1)[:m1], jnp.float32)
+    spec = "pk,ckqbs->bpqsc"
+    y = jnp.einsum(spec, gr, er, precision=_HI) - jnp.einsum(spec, gi, ei, precision=_HI)
+    return y.reshape(batch, m1 * p2 * s, chans)[:, :length]
 
 
 def _rows_conv_kernel(ar_ref, ai_ref, kr_ref, ki_ref, *refs, rows, matmul_dtype, precision):
@@ -789,7 +855,7 @@ def reference(
 
 
 _ORDER3_SPARSE = (
-    f"frequency-sparse convolution with an FFT size above {MAX_FFT_SIZE} (the order-3 kernel) is not "
+    f"frequency-sparse convolution with an FFT size above {MAX_FFT_SIZE} (orders 3/4) is not "
     "implemented; the XLA path serves it"
 )
 
@@ -802,10 +868,10 @@ def fft_size_ok(n: int, compiled: bool, keep_frequencies: int | None = None) -> 
         return (
             f"the compiled kernel needs FFT size >= {MIN_COMPILED_FFT_SIZE} (Triton dot dims >= 16), got {n}"
         )
-    if n > MAX_ORDER3_FFT_SIZE:
+    if n > MAX_PALLAS_FFT_SIZE:
         return (
-            f"FFT size {n} > {MAX_ORDER3_FFT_SIZE}: past the order-3 kernel's {MAX_OUTER_SIZE} rows of "
-            f"{INNER_FFT_SIZE} (order 4 is not implemented)"
+            f"FFT size {n} > {MAX_PALLAS_FFT_SIZE}: past the order-4 split's {MAX_DENSE_OUTER}^2 rows of "
+            f"{INNER_FFT_SIZE} samples"
         )
     if n > MAX_FFT_SIZE and keep_frequencies is not None:
         return _ORDER3_SPARSE

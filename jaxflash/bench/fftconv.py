@@ -257,6 +257,8 @@ _CHECKS = (
     # Order 3 (FFT size > MAX_FFT_SIZE): 8 and 4 rows of 1024 around the complex-row kernel.
     ("f32 seq 3000 gated (order 3, FFT 8192)", 3000, "float32", dict(gated=True)),
     ("bf16 seq 2048 gated (order 3, FFT 4096)", 2048, "bfloat16", dict(gated=True)),
+    # Order 4 (more than MAX_DENSE_OUTER rows): 128 rows of 1024 as a 16 x 8 outer split.
+    ("f32 seq 40000 gated (order 4, FFT 131072)", 40000, "float32", dict(gated=True)),
 )
 
 GPU_CHECKS = tuple(

@@ -83,7 +83,8 @@ def test_compiled_size_limits():
     assert ">= 256" in fk.fft_size_ok(64, compiled=True)
     assert fk.fft_size_ok(2 * fk.MAX_FFT_SIZE, compiled=True) is None  # order 3
     assert "not implemented" in fk.fft_size_ok(2 * fk.MAX_FFT_SIZE, compiled=True, keep_frequencies=9)
-    assert "order 4" in fk.fft_size_ok(2 * fk.MAX_ORDER3_FFT_SIZE, compiled=False)
+    assert fk.fft_size_ok(fk.MAX_PALLAS_FFT_SIZE, compiled=True) is None  # order 4
+    assert "order-4" in fk.fft_size_ok(2 * fk.MAX_PALLAS_FFT_SIZE, compiled=False)
     assert fk.smallest_fft_size(300, compiled=True) == 512 and fk.smallest_fft_size(5, compiled=True) == 256
 
 
@@ -207,7 +208,13 @@ def test_order3_plan():
     with pytest.raises(ValueError, match="multiple"):
         fk.make_plan3(10, 10, 16, inner_size=16)
     with pytest.raises(ValueError, match="at most"):
-        fk.make_plan3(10, 10, 16 * 2 * fk.MAX_OUTER_SIZE, inner_size=16)
+        fk.make_plan3(10, 10, 16 * 2 * fk.MAX_DENSE_OUTER**2, inner_size=16)
+    assert plan.factors == (8, 1)  # one dense outer stage
+    # Order 4: 512 rows past 64 dense ones split as 32 x 16; rows in order kp = k1 + 32 k2.
+    plan4 = fk.make_plan3(seq_len=3000, kernel_len=3000, n=16 * 512, inner_size=16)
+    assert plan4.factors == (32, 16)
+    order = fk.row_order(plan4.factors)
+    assert sorted(order) == list(range(512)) and order[1] == 32 and order[16] == 1
 
 
 def test_order3_spectrum_layout(key):
@@ -280,12 +287,56 @@ def test_public_op_order3_default_sizes(key):
     assert_close(y, numpy_conv(*as64((u, k, skip, pre, post)), 4096), **F32_TOL)
 
 
-def test_order3_largest_size(key):
-    """The default config at its limit: FFT size MAX_ORDER3_FFT_SIZE, 128 rows of 1024, with gradients."""
-    n = fk.MAX_ORDER3_FFT_SIZE
+def test_order4_default_config(key):
+    """The default config at FFT size 131072: 128 rows of 1024, past 64 so order 4 (16 x 8 outer)."""
+    n = 131072
     seq = n // 2 - 1000
     args = inputs(key, 3, seq, 2, seq)
     y = fk.fftconv(*args, fft_size=n, interpret=INTERPRET)
     assert_close(y, numpy_conv(*as64(args), n), **F32_TOL)
     # Gradients: dk sums batch * seq ~ 2e5 products.
     _grad_check(key, args, n, scale=100.0, config=fk.FFTConvConfig())
+
+
+# Rows of 16 samples, dense outer stages of at most 4 rows: sizes past 64 take order 4.
+ORDER4 = fk.FFTConvConfig(block_rows=2, max_order2_size=32, inner_size=16, max_dense_outer=4)
+
+
+def test_order4_spectrum_layout(key):
+    """Two outer stages leave outer bin k1 + P1 k2 at row k1 P2 + k2; kernel_spectrum3 matches."""
+    n = 16 * 8
+    plan = fk.make_plan3(n, n, n, inner_size=16, max_dense_outer=4)
+    assert plan.factors == (4, 2)
+    x = random_normal(key, (1, n, 1))
+    ar, ai = fk.outer_forward(x, plan)
+    f1r, f1i, twr, twi, f2r, f2i, *_ = fk._consts_for(plan.inner, plan.inner.n1, jnp.float32)
+    mm = lambda a, b: jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
+    rows = [fk._forward_fft(ar[0, r, 0], f1r, f1i, twr, twi, f2r, f2i, mm, xi=ai[0, r, 0]) for r in range(8)]
+    got = np.stack([np.asarray(re) + 1j * np.asarray(im) for re, im in rows])
+    kr, ki = fk.kernel_spectrum3(x[0], plan)
+    assert_close(got.real, np.asarray(kr[0]), **F32_TOL)
+    assert_close(got.imag, np.asarray(ki[0]), **F32_TOL)
+    direct = np.fft.fft(np.asarray(x[0, :, 0], np.float64))
+    kp = fk.row_order(plan.factors)[3]  # row 3 = (k1 1, k2 1): outer bin 1 + 4 * 1 = 5
+    assert kp == 5
+    assert_close(got[3, 2, 1].real, direct[kp + 8 * (2 + 4 * 1)].real, **F32_TOL)
+
+
+@pytest.mark.parametrize(
+    "seq,kernel_len,n",
+    [(50, 13, 128), (100, 100, 256), (120, 9, 256), (37, 37, 256)],  # 4 x 2 and 4 x 4 outer; partial
+)
+def test_order4_forward_matches_float64(key, seq, kernel_len, n):
+    args = inputs(key, 5, seq, 3, kernel_len)
+    assert_close(run(args, n, config=ORDER4), numpy_conv(*as64(args), n), **F32_TOL)
+
+
+def test_order4_grads_gated(key):
+    _grad_check(key, inputs(key, 5, 90, 3, 41), 256, scale=10.0, config=ORDER4)
+
+
+def test_order4_circular_bf16(key):
+    u, _, skip, pre, post = inputs(key, 3, 70, 2, 70, dtype=jnp.bfloat16)
+    k = random_normal(jax.random.fold_in(key, 3), (128, 2), jnp.bfloat16, scale=128**-0.5)
+    args = (u, k, skip, pre, post)
+    assert_close(run(args, 128, config=ORDER4), numpy_conv(*as64(args), 128), dtype=jnp.bfloat16, scale=4.0)
