@@ -40,8 +40,9 @@ Past that, orders 3 and 4 (section "orders 3 and 4" below) split the signal into
 samples: an outer ``P``-point DFT by XLA matmuls (one dense stage, or two with twiddles between them),
 then a kernel that runs the order-2 stages on each complex row, multiplies by the kernel spectrum and
 inverts, then the inverse outer stages. That serves ``N <= MAX_PALLAS_FFT_SIZE`` (4M); longer
-sequences, and frequency-sparse convolutions past order 2, are served by the XLA path (the dispatcher
-falls back).
+sequences are served by the XLA path (the dispatcher falls back). Frequency-sparse convolutions skip,
+in every row, the inner columns that hold no kept bin; the zero input rows and unneeded output rows are
+skipped by the outer stages.
 """
 
 from __future__ import annotations
@@ -474,10 +475,14 @@ def fftconv(
     if skip is None:
         skip = jnp.zeros((u.shape[2],), jnp.float32)
     if fft_size > config.max_order2_size:
-        if keep_frequencies is not None:
-            raise NotImplementedError(_ORDER3_SPARSE)
         plan3 = make_plan3(
-            u.shape[1], k.shape[0], fft_size, config.inner_size, min_dim, config.max_dense_outer
+            u.shape[1],
+            k.shape[0],
+            fft_size,
+            config.inner_size,
+            min_dim,
+            config.max_dense_outer,
+            keep_frequencies,
         )
         static3 = _Static3(plan3, interpret, config, _matmul_dtype(u.dtype).name)
         return _fftconv3(u, k, skip, pre_gate, post_gate, static3)
@@ -568,6 +573,7 @@ class _Plan3:
     rows_in: int  # rows of X that hold input: ceil(L / S)
     rows_out: int  # output rows the inverse outer DFT computes
     rows_dk: int  # rows of the kernel gradient (lags < kernel_len)
+    keep_frequencies: int | None
 
 
 def make_plan3(
@@ -577,9 +583,15 @@ def make_plan3(
     inner_size: int,
     min_dim: int = 1,
     max_dense_outer: int = MAX_DENSE_OUTER,
+    keep_frequencies: int | None = None,
 ) -> _Plan3:
     """The split of FFT size ``n`` into ``P = n / inner_size`` rows of ``inner_size`` samples; the outer
-    DFT is one dense stage up to ``max_dense_outer`` rows, else two (``P1 >= P2``, both at most that)."""
+    DFT is one dense stage up to ``max_dense_outer`` rows, else two (``P1 >= P2``, both at most that).
+
+    Frequency-sparse: bin ``kp + P * ks`` is kept when ``min(f, n - f) < keep``, which for every row
+    ``kp`` needs only inner bins with ``min(ks, S - ks) < ceil(keep / P) + 1``; the rows' inner plan keeps
+    the columns holding those (so the row kernel skips the others) and the kernel spectrum is masked to
+    the exact kept set."""
     if n % inner_size or n // inner_size < 2:
         raise ValueError(f"order 3 needs an FFT size that is a multiple >= 2 of {inner_size=}, got {n}")
     outer = n // inner_size
@@ -593,9 +605,10 @@ def make_plan3(
     else:
         p1 = 1 << -(-(outer.bit_length() - 1) // 2)
         factors = (p1, outer // p1)
-    inner = make_plan(inner_size, inner_size, inner_size, None, min_dim)
+    keep_inner = None if keep_frequencies is None else cdiv(keep_frequencies, outer) + 1
+    inner = make_plan(inner_size, inner_size, inner_size, keep_inner, min_dim)
     rows = lambda length: min(cdiv(length, inner_size), outer)  # noqa: E731
-    return _Plan3(n, outer, factors, inner, rows(seq_len), rows(seq_len), rows(kernel_len))
+    return _Plan3(n, outer, factors, inner, rows(seq_len), rows(seq_len), rows(kernel_len), keep_frequencies)
 
 
 def _dft(m: int) -> np.ndarray:
@@ -624,11 +637,25 @@ def kernel_spectrum3(k: jax.Array, plan: _Plan3) -> tuple[jax.Array, jax.Array]:
     ``kp + P * (k1 + S1 * k2)`` in the inner kernel's digit-reversed order, rows in :func:`row_order`:
     the layout the data reaches, so no data permutation is needed anywhere."""
     kf = jnp.fft.fft(k.astype(jnp.float32).T, n=plan.n, axis=-1)  # [C, N]
+    if plan.keep_frequencies is not None:
+        kf = kf * jnp.asarray(kept_mask3(plan).reshape(-1), jnp.float32)[None]
     s1, s2 = plan.inner.n1, plan.inner.n2
     kp = kf.reshape(kf.shape[0], s2, s1, plan.outer).transpose(0, 3, 2, 1)
     if plan.factors[1] > 1:
         kp = kp[:, row_order(plan.factors)]
+    kp = kp[..., np.asarray(plan.inner.cols)]  # [C, P, S1, Q]: the columns the row kernel computes
     return jnp.real(kp), jnp.imag(kp)
+
+
+def kept_mask3(plan: _Plan3) -> np.ndarray:
+    """The kept bins of the whole FFT (all True when not frequency-sparse), in natural order [N]."""
+    return kept_frequency_mask(plan.n, plan.keep_frequencies)
+
+
+def _row_mask(plan: _Plan3) -> np.ndarray:
+    """The kept bins in the row kernel's layout [P, S1, Q], rows in row order (see kernel_spectrum3)."""
+    m = kept_mask3(plan).reshape(plan.inner.n2, plan.inner.n1, plan.outer).transpose(2, 1, 0)
+    return m[row_order(plan.factors)][..., np.asarray(plan.inner.cols)].astype(np.float32)
 
 
 _HI = jax.lax.Precision.HIGHEST  # f32 matmuls on a GPU default to TF32
@@ -703,14 +730,16 @@ def _rows_conv_kernel(ar_ref, ai_ref, kr_ref, ki_ref, *refs, rows, matmul_dtype,
         or_ref[r], oi_ref[r] = er, ei
 
 
-def _rows_corr_kernel(xr_ref, xi_ref, gr_ref, gi_ref, *refs, rows, batch, matmul_dtype, precision):
-    """One channel, one row ``kp``, ``rows`` batch rows: ``sum_b conj(fft(x_b)) * fft(g_b)``, inverted."""
+def _rows_corr_kernel(xr_ref, xi_ref, gr_ref, gi_ref, mask_ref, *refs, rows, batch, matmul_dtype, precision):
+    """One channel, one row ``kp``, ``rows`` batch rows: ``sum_b conj(fft(x_b)) * fft(g_b)`` over the kept
+    bins (``mask_ref``), inverted."""
     f1r, f1i, twr, twi, f2r, f2i, g2r, g2i, tvr, tvi, g1r, g1i = (r[...] for r in refs[:12])
     or_ref, oi_ref = refs[12:]
     mm = functools.partial(_dot, matmul_dtype=matmul_dtype, precision=precision)
     first = pl.program_id(2) * rows
-    acc_r = jnp.zeros(or_ref.shape, jnp.float32)
-    acc_i = jnp.zeros(or_ref.shape, jnp.float32)
+    mask = mask_ref[...]
+    acc_r = jnp.zeros(mask.shape, jnp.float32)
+    acc_i = jnp.zeros(mask.shape, jnp.float32)
     for r in range(rows):
         valid = first + r < batch  # rows past the batch hold garbage: select zeros (see above)
         x = [jnp.where(valid, ref[r], 0.0) for ref in (xr_ref, xi_ref, gr_ref, gi_ref)]
@@ -718,19 +747,27 @@ def _rows_corr_kernel(xr_ref, xi_ref, gr_ref, gi_ref, *refs, rows, batch, matmul
         br, bi = _forward_fft(x[2], f1r, f1i, twr, twi, f2r, f2i, mm, xi=x[3])
         acc_r += ar * br + ai * bi
         acc_i += ar * bi - ai * br
-    or_ref[...], oi_ref[...] = _inverse_fft_complex(acc_r, acc_i, g2r, g2i, tvr, tvi, g1r, g1i, mm)
+    or_ref[...], oi_ref[...] = _inverse_fft_complex(
+        acc_r * mask, acc_i * mask, g2r, g2i, tvr, tvi, g1r, g1i, mm
+    )
 
 
 def _rows_call(kernel, name, a, b, plan, matmul_dtype, *, summed, interpret, config, **params):
     """A row kernel over ``[C, P, B, S1, S2]`` pairs ``a`` and ``b`` (each real, imaginary; ``b`` may be
-    a per-channel ``[C, P, S1, S2]`` spectrum), grid (channel, row, batch block). The outputs are
-    ``[C, P, B, S1, S2]``, or with ``summed`` one partial sum per batch block, ``[C, P, blocks, S1, S2]``."""
+    a per-channel ``[C, P, S1, Q]`` spectrum), grid (channel, row, batch block). The outputs are
+    ``[C, P, B, S1, S2]``; with ``summed`` (the correlation, which also takes the row masks) one partial
+    sum per batch block, ``[C, P, blocks, S1, S2]``."""
     chans, outer, batch, s1, s2 = a[0].shape
+    q = len(plan.inner.cols)
     rows = min(config.block_rows, _next_pow2(batch))
     nb = cdiv(batch, rows)
     consts = _consts_for(plan.inner, s1, matmul_dtype)
     data = pl.BlockSpec((None, None, rows, s1, s2), lambda i, p, j: (i, p, j, 0, 0))
-    spec_b = data if b[0].ndim == 5 else pl.BlockSpec((None, None, s1, s2), lambda i, p, j: (i, p, 0, 0))
+    spec_b = data if b[0].ndim == 5 else pl.BlockSpec((None, None, s1, q), lambda i, p, j: (i, p, 0, 0))
+    extra, extra_specs = [], []
+    if summed:
+        extra = [jnp.asarray(_row_mask(plan))]
+        extra_specs = [pl.BlockSpec((None, s1, q), lambda i, p, j: (p, 0, 0))]
     if not summed:
         out_spec, out_shape = data, (chans, outer, batch, s1, s2)
     else:
@@ -742,7 +779,7 @@ def _rows_call(kernel, name, a, b, plan, matmul_dtype, *, summed, interpret, con
     return pl.pallas_call(
         body,
         grid=(chans, outer, nb),
-        in_specs=[data, data, spec_b, spec_b, *_const_specs(consts)],
+        in_specs=[data, data, spec_b, spec_b, *extra_specs, *_const_specs(consts)],
         out_specs=[out_spec, out_spec],
         out_shape=[jax.ShapeDtypeStruct(out_shape, jnp.float32)] * 2,
         interpret=interpret,
@@ -753,7 +790,7 @@ def _rows_call(kernel, name, a, b, plan, matmul_dtype, *, summed, interpret, con
             dimension_semantics=("parallel", "parallel", "parallel"),
         ),
         name=name,
-    )(*a, *b, *consts)
+    )(*a, *b, *extra, *consts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -854,13 +891,7 @@ def reference(
     return y.astype(u.dtype)
 
 
-_ORDER3_SPARSE = (
-    f"frequency-sparse convolution with an FFT size above {MAX_FFT_SIZE} (orders 3/4) is not "
-    "implemented; the XLA path serves it"
-)
-
-
-def fft_size_ok(n: int, compiled: bool, keep_frequencies: int | None = None) -> str | None:
+def fft_size_ok(n: int, compiled: bool) -> str | None:
     """Why the kernel (default config) cannot use FFT size ``n``, or None when it can."""
     if n & (n - 1) or n < 4:
         return f"the Pallas kernel needs a power-of-two FFT size, got {n}"
@@ -873,8 +904,6 @@ def fft_size_ok(n: int, compiled: bool, keep_frequencies: int | None = None) -> 
             f"FFT size {n} > {MAX_PALLAS_FFT_SIZE}: past the order-4 split's {MAX_DENSE_OUTER}^2 rows of "
             f"{INNER_FFT_SIZE} samples"
         )
-    if n > MAX_FFT_SIZE and keep_frequencies is not None:
-        return _ORDER3_SPARSE
     return None
 
 

@@ -435,7 +435,7 @@ def _pallas(u, k, skip, pre_gate, post_gate, *, causal, fft_size, keep_frequenci
         n = kernel.smallest_fft_size(seq + kernel_len - 1, compiled)
     else:
         n = fft_size  # fixed by the bins (frequency-sparse) or by the circular kernel
-    reason = kernel.fft_size_ok(n, compiled, keep_frequencies)
+    reason = kernel.fft_size_ok(n, compiled)
     if reason is not None:
         raise NotImplementedError(reason)
     if u.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):

@@ -82,7 +82,6 @@ def test_compiled_size_limits():
     assert "power-of-two" in fk.fft_size_ok(96, compiled=False)
     assert ">= 256" in fk.fft_size_ok(64, compiled=True)
     assert fk.fft_size_ok(2 * fk.MAX_FFT_SIZE, compiled=True) is None  # order 3
-    assert "not implemented" in fk.fft_size_ok(2 * fk.MAX_FFT_SIZE, compiled=True, keep_frequencies=9)
     assert fk.fft_size_ok(fk.MAX_PALLAS_FFT_SIZE, compiled=True) is None  # order 4
     assert "order-4" in fk.fft_size_ok(2 * fk.MAX_PALLAS_FFT_SIZE, compiled=False)
     assert fk.smallest_fft_size(300, compiled=True) == 512 and fk.smallest_fft_size(5, compiled=True) == 256
@@ -267,10 +266,19 @@ def test_order3_grads_gated(key):
     _grad_check(key, inputs(key, 5, 37, 3, 21), 64, scale=10.0, config=ORDER3)
 
 
-def test_order3_refuses_frequency_sparse(key):
-    args = inputs(key, 2, 30, 2, 30, gated=False)
-    with pytest.raises(NotImplementedError, match="frequency-sparse"):
-        run(args, 64, keep=5, config=ORDER3)
+def test_order3_frequency_sparse_skips_columns():
+    # N = 256 as 16 rows of 16 (4 x 4 inner): keeping 9 bins needs inner bins min(ks, 16 - ks) < 2 in
+    # every row, i.e. columns k2 = 0 and 3 of the 4.
+    plan = fk.make_plan3(128, 128, 256, inner_size=16, keep_frequencies=9)
+    assert plan.inner.cols == (0, 3)
+    mask = fk._row_mask(plan)
+    assert mask.shape == (16, 4, 2) and mask.sum() == 2 * 9 - 1  # bins 0..8 and 248..255
+
+
+@pytest.mark.parametrize("keep", [1, 9, 40])
+def test_order3_frequency_sparse(key, keep):
+    args = inputs(key, 5, 100, 3, 100)
+    assert_close(run(args, 256, keep, ORDER3), numpy_conv(*as64(args), 256, keep), **F32_TOL)
 
 
 def test_order3_compiled_plan_shapes_in_interpret_mode(key):
@@ -340,3 +348,11 @@ def test_order4_circular_bf16(key):
     k = random_normal(jax.random.fold_in(key, 3), (128, 2), jnp.bfloat16, scale=128**-0.5)
     args = (u, k, skip, pre, post)
     assert_close(run(args, 128, config=ORDER4), numpy_conv(*as64(args), 128), dtype=jnp.bfloat16, scale=4.0)
+
+
+def test_order4_frequency_sparse_grads(key):
+    u, _, skip, pre, _ = inputs(key, 3, 100, 2, 100)
+    k = random_normal(jax.random.fold_in(key, 3), (256, 2), scale=256**-0.5)  # circular
+    args = (u, k, skip, pre, None)
+    assert_close(run(args, 256, 20, ORDER4), numpy_conv(*as64(args), 256, 20), **F32_TOL)
+    _grad_check(key, args, 256, keep=20, scale=10.0, config=ORDER4)
