@@ -19,9 +19,9 @@ DEFAULT_SIZES = (1024, 16384, 262144, 1048576)
 QUICK_SIZES = (256, 1024)
 CPU_BATCH, CPU_CHANNELS = 2, 128
 # FlashFFTConv README (H100): B=64, H=768, gated, chosen to fit the ~1.5 minute GPU timing budget. The
-# order-2 kernel serves FFT sizes up to MAX_FFT_SIZE (2048: L <= 1024); seq 2048 and 4096 run its order-3
-# form (4 and 8 rows of 1024).
-GPU_SIZES = (256, 1024, 2048, 4096)
+# order-2 kernel serves FFT sizes up to MAX_FFT_SIZE (2048: L <= 1024); seq 2048, 4096 and 16384 run its
+# order-3 form (4, 8 and 32 rows of 1024). At 16K the f32 intermediates of the order-3 path are ~26 GB.
+GPU_SIZES = (256, 1024, 2048, 4096, 16384)
 GPU_BATCH, GPU_CHANNELS = 64, 768
 
 
