@@ -633,29 +633,30 @@ def _outer_constants(n: int, factors: tuple[int, int], inner: int):
 
 
 def kernel_spectrum3(k: jax.Array, plan: _Plan3) -> tuple[jax.Array, jax.Array]:
-    """The kernel's FFT laid out as ``[C, P, S1, S2]``: the row holding outer bin ``kp`` has the bins
-    ``kp + P * (k1 + S1 * k2)`` in the inner kernel's digit-reversed order, rows in :func:`row_order`:
-    the layout the data reaches, so no data permutation is needed anywhere."""
-    kf = jnp.fft.fft(k.astype(jnp.float32).T, n=plan.n, axis=-1)  # [C, N]
+    """The kernel's FFT in the row kernel's layout (:func:`_row_layout`), ``[C, P, S1, Q]``, masked to the
+    kept bins when frequency-sparse. Computed once per call by XLA, as in FlashFFTConv."""
+    kp = _row_layout(jnp.fft.fft(k.astype(jnp.float32).T, n=plan.n, axis=-1), plan)
     if plan.keep_frequencies is not None:
-        kf = kf * jnp.asarray(kept_mask3(plan).reshape(-1), jnp.float32)[None]
-    s1, s2 = plan.inner.n1, plan.inner.n2
-    kp = kf.reshape(kf.shape[0], s2, s1, plan.outer).transpose(0, 3, 2, 1)
-    if plan.factors[1] > 1:
-        kp = kp[:, row_order(plan.factors)]
-    kp = kp[..., np.asarray(plan.inner.cols)]  # [C, P, S1, Q]: the columns the row kernel computes
+        kp = kp * jnp.asarray(_row_mask(plan))
     return jnp.real(kp), jnp.imag(kp)
 
 
-def kept_mask3(plan: _Plan3) -> np.ndarray:
-    """The kept bins of the whole FFT (all True when not frequency-sparse), in natural order [N]."""
-    return kept_frequency_mask(plan.n, plan.keep_frequencies)
+def _row_layout(a: Any, plan: _Plan3) -> Any:
+    """Spectra ``[..., N]`` in natural order -> ``[..., P, S1, Q]``, the layout the data reaches, so no
+    data permutation is needed anywhere: the row holding outer bin ``kp`` (rows in :func:`row_order`)
+    has the bins ``kp + P * (k1 + S1 * k2)`` in the inner kernel's digit-reversed order, only its kept
+    columns ``k2``. NumPy in, NumPy out."""
+    lead = a.shape[:-1]
+    a = a.reshape(*lead, plan.inner.n2, plan.inner.n1, plan.outer)
+    a = a.transpose(*range(len(lead)), len(lead) + 2, len(lead) + 1, len(lead))  # [..., P, S1, S2]
+    if plan.factors[1] > 1:
+        a = a[..., row_order(plan.factors), :, :]
+    return a[..., np.asarray(plan.inner.cols)]
 
 
 def _row_mask(plan: _Plan3) -> np.ndarray:
-    """The kept bins in the row kernel's layout [P, S1, Q], rows in row order (see kernel_spectrum3)."""
-    m = kept_mask3(plan).reshape(plan.inner.n2, plan.inner.n1, plan.outer).transpose(2, 1, 0)
-    return m[row_order(plan.factors)][..., np.asarray(plan.inner.cols)].astype(np.float32)
+    """The kept bins (all, when not frequency-sparse) in the row layout ``[P, S1, Q]``, as 0/1 floats."""
+    return _row_layout(kept_frequency_mask(plan.n, plan.keep_frequencies), plan).astype(np.float32)
 
 
 _HI = jax.lax.Precision.HIGHEST  # f32 matmuls on a GPU default to TF32
