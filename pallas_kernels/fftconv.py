@@ -765,15 +765,14 @@ def _rows_call(kernel, name, a, b, plan, matmul_dtype, *, summed, interpret, con
     consts = _consts_for(plan.inner, s1, matmul_dtype)
     data = pl.BlockSpec((None, None, rows, s1, s2), lambda i, p, j: (i, p, j, 0, 0))
     spec_b = data if b[0].ndim == 5 else pl.BlockSpec((None, None, s1, q), lambda i, p, j: (i, p, 0, 0))
-    extra, extra_specs = [], []
     if summed:
         extra = [jnp.asarray(_row_mask(plan))]
         extra_specs = [pl.BlockSpec((None, s1, q), lambda i, p, j: (p, 0, 0))]
-    if not summed:
-        out_spec, out_shape = data, (chans, outer, batch, s1, s2)
-    else:
         out_spec = pl.BlockSpec((None, None, None, s1, s2), lambda i, p, j: (i, p, j, 0, 0))
         out_shape = (chans, outer, nb, s1, s2)
+    else:
+        extra, extra_specs = [], []
+        out_spec, out_shape = data, (chans, outer, batch, s1, s2)
     body = functools.partial(
         kernel, rows=rows, matmul_dtype=matmul_dtype, precision=_precision(matmul_dtype), **params
     )
