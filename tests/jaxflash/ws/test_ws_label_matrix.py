@@ -127,6 +127,23 @@ def test_majority_matches_snorkel_semantics(key, cardinality):
     np.testing.assert_array_equal(preds[~ties], ref[~ties].argmax(axis=1))
 
 
+def test_binary_tie_policies_match_the_general_rule():
+    """The binary fast path against the k-class rule (a third class that can never win or tie)."""
+    rng = np.random.default_rng(0)
+    p1 = rng.choice([0.5, 0.5 + 4e-6, 0.5 - 4e-6, 0.5 + 2e-5, 0.1, 0.9, 0.3], size=500)
+    probs = np.stack([1 - p1, p1], axis=1)
+    padded = np.concatenate([probs, np.full((500, 1), -1.0)], axis=1)
+    np.testing.assert_array_equal(probs_to_preds(probs), probs_to_preds(padded))
+    for prior in ([0.3, 0.7], [0.5, 0.5], [0.8, 0.2]):
+        got = probs_to_preds(probs, tie_policy="prior", prior=prior)
+        np.testing.assert_array_equal(got, probs_to_preds(padded, tie_policy="prior", prior=[*prior, 0.0]))
+    ties = np.abs(p1 - 0.5) <= 1e-5
+    assert ties.sum() > 100 and (probs_to_preds(probs)[ties] == -1).all()
+    draws = probs_to_preds(probs, tie_policy="random", key=jax.random.key(1))
+    assert set(draws[ties]) == {0, 1}
+    np.testing.assert_array_equal(draws[~ties], (p1[~ties] > 0.5).astype(int))
+
+
 def test_tie_policies():
     probs = np.array([[0.5, 0.5, 0.0], [0.2, 0.4, 0.4], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]])
     np.testing.assert_array_equal(probs_to_preds(probs), [-1, -1, 1, -1])
