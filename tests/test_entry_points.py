@@ -1,6 +1,7 @@
 """The commands the README promises: the demo and the GPU check (exercised here on CPU)."""
 
 import json
+import time
 
 from jaxflash.bench import gpu_check
 from jaxflash.demo import main as demo_main
@@ -38,8 +39,18 @@ def test_gpu_check_order_covers_every_suite():
 
 
 def test_gpu_check_kills_a_check_past_its_time():
-    row = gpu_check.run_check_in_child("monarch", 0, timeout=0.5)  # JAX alone takes longer to start
-    assert row["status"] == "TIMEOUT" and "killed" in row["detail"]
+    deadline = time.monotonic() + 120
+    rows = gpu_check.run_checks_in_child("monarch", [0, 1], timeout=0.5, deadline=deadline)
+    # JAX alone takes longer than 0.5 s to start: each check's fresh process is killed in turn.
+    assert [rows[i]["status"] for i in (0, 1)] == ["TIMEOUT", "TIMEOUT"] and "killed" in rows[0]["detail"]
+
+
+def test_gpu_check_runs_a_suites_checks_in_one_process():
+    rows = gpu_check.run_checks_in_child("monarch", [0, 1, 2], timeout=120, deadline=time.monotonic() + 300)
+    # On CPU the compiled kernels cannot run: each check reports its error, one after another.
+    assert sorted(rows) == [0, 1, 2] and all(r["status"] == "ERROR" for r in rows.values())
+    none = gpu_check.run_checks_in_child("monarch", [0], timeout=120, deadline=time.monotonic() - 1)
+    assert none[0]["status"] == "not run: time budget spent"
 
 
 def test_gpu_check_kills_a_suite_timing_past_its_time():

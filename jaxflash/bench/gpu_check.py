@@ -5,7 +5,8 @@ runs, within a time budget (8 minutes by default):
 
 1. the device report (what JAX sees);
 2. every bench module's ``GPU_CHECKS``: the compiled kernel (``implementation="pallas"``) against
-   its reference, forward and backward, each in its own process, killed after ``--check-seconds``;
+   its reference, forward and backward; a suite's checks share one child process (one JAX start), and
+   a check that runs past ``--check-seconds`` is killed with it, the rest going on in a fresh one;
 3. every bench suite on the GPU at the module's ``GPU_SIZES``, peers included where installed, each
    suite in its own process, killed after ``--suite-seconds``.
 
@@ -19,10 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
+from collections.abc import Iterable
 from typing import Any
 
 from jaxflash.bench.harness import Result, machine_info, markdown_table, run_suite
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "--check-seconds",
         type=float,
         default=150.0,
-        help="each check runs in its own process, killed after this (a compile that never ends)",
+        help="a check still running after this is killed (a compile that never ends)",
     )
     parser.add_argument(
         "--suite-seconds",
@@ -65,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         default=240.0,
         help="each suite's timings run in their own process, killed after this",
     )
-    parser.add_argument("--child-check", nargs=2, metavar=("SUITE", "INDEX"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-checks", nargs="+", metavar="SUITE INDEX", help=argparse.SUPPRESS)
     parser.add_argument("--child-timings", metavar="SUITE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child_check:
-        return _child_check(args.child_check[0], int(args.child_check[1]))
+    if args.child_checks:
+        return _child_checks(args.child_checks[0], [int(i) for i in args.child_checks[1:]])
     if args.child_timings:
         return _child_timings(args.child_timings)
     start = time.monotonic()
@@ -90,16 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     checks: list[dict[str, Any]] = []
     for name in args.suites:
         module = suite_module(name)
-        for index, check in enumerate(getattr(module, "GPU_CHECKS", ())):
-            row: dict[str, Any] = dict(suite=name, check=check.name)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                row.update(status="not run: time budget spent")
-            else:
-                t0 = time.monotonic()
-                row.update(run_check_in_child(name, index, min(args.check_seconds, left)))
-                row["seconds"] = round(time.monotonic() - t0, 2)
-            print(f"check {name}/{check.name}: {row['status']} {row.get('detail', '')}", flush=True)
+        names = [check.name for check in getattr(module, "GPU_CHECKS", ())]
+        results = run_checks_in_child(name, range(len(names)), args.check_seconds, deadline)
+        for index, check_name in enumerate(names):
+            row = dict(suite=name, check=check_name, **results[index])
+            print(f"check {name}/{check_name}: {row['status']} {row.get('detail', '')}", flush=True)
             checks.append(row)
 
     timings: dict[str, Any] = {}
@@ -134,33 +133,89 @@ def main(argv: list[str] | None = None) -> int:
 _RESULT = "GPU_CHECK_RESULT "
 
 
-def run_check_in_child(suite: str, index: int, timeout: float) -> dict[str, Any]:
-    """``GPU_CHECKS[index]`` of ``suite`` in a fresh process, killed after ``timeout`` seconds.
+def run_checks_in_child(
+    suite: str, indices: Iterable[int], timeout: float, deadline: float
+) -> dict[int, dict[str, Any]]:
+    """``GPU_CHECKS[i]`` of ``suite`` for each of ``indices``, in a child process that runs them in turn.
 
-    On the first H200 run one compile never finished and took the session's remaining time with it; in
-    a child it costs at most ``timeout`` (plus a JAX start, a few seconds).
+    A check not done ``timeout`` seconds after the previous one ended (the first one's time includes the
+    JAX start) is killed with its process, and the remaining checks go on in a fresh one; so does a
+    process that dies. On the first H200 run one compile never finished and took the session's remaining
+    time with it; one process per check, as before, paid a JAX and CUDA start for every check. Checks
+    left when ``deadline`` (a ``time.monotonic()`` value) passes are reported as not run.
     """
-    cmd = [sys.executable, "-m", "jaxflash.bench.gpu_check", "--child-check", suite, str(index)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return dict(status="TIMEOUT", detail=f"did not finish in {timeout:.0f} s (still compiling?); killed")
-    for line in proc.stdout.splitlines():
-        if line.startswith(_RESULT):
-            return json.loads(line[len(_RESULT) :])
-    return dict(status="ERROR", detail=f"the check's process exited {proc.returncode}: {proc.stderr[-400:]}")
+    pending = list(indices)
+    rows: dict[int, dict[str, Any]] = {}
+    while pending:
+        if time.monotonic() >= deadline:
+            rows.update({i: dict(status="not run: time budget spent") for i in pending})
+            break
+        cmd = [sys.executable, "-m", "jaxflash.bench.gpu_check", "--child-checks", suite, *map(str, pending)]
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+            lines = _LineReader(proc.stdout)
+            try:
+                while pending:
+                    t0 = time.monotonic()
+                    limit = min(timeout, deadline - t0)
+                    line = lines.next(limit)
+                    seconds = round(time.monotonic() - t0, 2)
+                    if line is None:  # still running at its limit, or the process died
+                        if not lines.eof:
+                            why = "the time budget ran out" if limit < timeout else "still compiling?"
+                            row = dict(status="TIMEOUT", detail=f"not done in {limit:.0f} s ({why}); killed")
+                        else:
+                            proc.wait()
+                            err.seek(0)
+                            tail = err.read()[-400:]
+                            row = dict(status="ERROR", detail=f"the process exited {proc.returncode}: {tail}")
+                        rows[pending.pop(0)] = dict(row, seconds=seconds)
+                        break
+                    result = json.loads(line)
+                    index = result.pop("index")
+                    rows[index] = dict(result, seconds=seconds)
+                    pending.remove(index)
+            finally:
+                proc.kill()
+                proc.wait()
+    return rows
 
 
-def _child_check(suite: str, index: int) -> int:
-    check = suite_module(suite).GPU_CHECKS[index]
-    row: dict[str, Any] = {}
-    try:
-        row.update(status="pass", **check.run())
-    except AssertionError as e:
-        row.update(status="FAIL", detail=str(e)[:500])
-    except Exception as e:  # a kernel that fails to compile is a finding, not a crash
-        row.update(status="ERROR", detail=f"{type(e).__name__}: {e}"[:500], trace=traceback.format_exc())
-    print(_RESULT + json.dumps(row, default=str), flush=True)
+class _LineReader:
+    """Result lines of a child's stdout, each awaited with a time limit (None: none came in time, or EOF)."""
+
+    def __init__(self, pipe: Any):
+        self._fd, self._buf, self.eof = pipe.fileno(), b"", False
+
+    def next(self, timeout: float) -> str | None:
+        end = time.monotonic() + max(timeout, 0.0)
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if text.startswith(_RESULT):
+                    return text[len(_RESULT) :]
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([self._fd], [], [], left)[0]:
+                return None
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                self.eof = True
+                return None
+            self._buf += chunk
+
+
+def _child_checks(suite: str, indices: list[int]) -> int:
+    checks = suite_module(suite).GPU_CHECKS
+    for index in indices:
+        row: dict[str, Any] = dict(index=index)
+        try:
+            row.update(status="pass", **checks[index].run())
+        except AssertionError as e:
+            row.update(status="FAIL", detail=str(e)[:500])
+        except Exception as e:  # a kernel that fails to compile is a finding, not a crash
+            row.update(status="ERROR", detail=f"{type(e).__name__}: {e}"[:500], trace=traceback.format_exc())
+        print(_RESULT + json.dumps(row, default=str), flush=True)
     return 0
 
 
