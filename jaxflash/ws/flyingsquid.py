@@ -64,7 +64,6 @@ are taken within a frame (each frame needs >= 3 LFs). The posterior over the ``2
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any, Literal
 
@@ -79,6 +78,7 @@ from jaxflash.ws.label_matrix import (
     check_label_matrix,
     check_labels,
     pad_rows_int8,
+    row_blocks,
 )
 
 SolveMethod = Literal["triplet", "triplet_mean", "triplet_median"]
@@ -180,28 +180,15 @@ def _level(Lpm: jax.Array) -> jax.Array:
     return jnp.where(Lpm == 0, 2, (Lpm > 0).astype(jnp.int32)).astype(jnp.int32)
 
 
-# Rows per step of the moments scan: the chunk's +-1 matrix (8192 x m f32) stays in cache, where one
-# [n, m] f32 matrix would be written out and read back (3x slower at n = 10^6, m = 20 on 2 cores).
-_CHUNK = 8192
-
-
-def _row_blocks(L: jax.Array) -> jax.Array:
-    """``[rows, m]`` as ``[rows / C, C, m]`` with ``C = gcd(rows, _CHUNK)``: padded row counts are
-    multiples of 64 (:func:`~jaxflash.ws.label_matrix.pad_rows_int8`), so chunks have at least 64 rows."""
-    rows, m = L.shape
-    chunk = math.gcd(rows, _CHUNK)
-    return L.reshape(rows // chunk, chunk, m)
-
-
 def _moments_impl(L: jax.Array, n: jax.Array, cls: jax.Array, pairs: jax.Array):
     """The only pass over the data: M = L^T L / n, P(abstain), P(+1), and P(l_i, l_j) of dependent pairs.
 
     ``L`` (int8) may carry all-abstain padding rows beyond the first ``n`` (shape bucketing, see
     :func:`~jaxflash.ws.label_matrix.pad_rows_int8`): they add nothing to the sums, which are divided by
-    the true ``n``. The rows are scanned in chunks of at most :data:`_CHUNK`.
+    the true ``n``. The rows are scanned in blocks (:func:`~jaxflash.ws.label_matrix.row_blocks`).
     """
     rows, m = L.shape
-    blocks = _row_blocks(L)
+    blocks = row_blocks(L)
     chunk = blocks.shape[1]
     n_pairs = pairs.shape[0]
 
@@ -240,9 +227,9 @@ _moments_ovr = jax.jit(jax.vmap(_moments_impl, in_axes=(None, None, 0, None)))
 
 @partial(jax.jit, static_argnames=("v",))
 def _frame_scores(L: jax.Array, *tables: jax.Array, v: int) -> jax.Array:
-    """:func:`_frame_scores_rows` over row chunks of at most :data:`_CHUNK` (lax.map): each chunk's [C, m]
-    lookups stay in cache instead of going through memory as [n, m] f32 arrays."""
-    out = jax.lax.map(lambda block: _frame_scores_rows(block, *tables, v=v), _row_blocks(L))
+    """:func:`_frame_scores_rows` over row blocks (:func:`~jaxflash.ws.label_matrix.row_blocks`, lax.map):
+    each block's [C, m] lookups stay in cache instead of going through memory as [n, m] f32 arrays."""
+    out = jax.lax.map(lambda block: _frame_scores_rows(block, *tables, v=v), row_blocks(L))
     return out.reshape(L.shape[0], v, 2)
 
 

@@ -127,6 +127,14 @@ def test_majority_matches_snorkel_semantics(key, cardinality):
     np.testing.assert_array_equal(preds[~ties], ref[~ties].argmax(axis=1))
 
 
+def test_majority_over_several_row_blocks(key):
+    # 20000 rows are padded to 20480 and voted in 5 blocks of 4096 (label_matrix.row_blocks).
+    L = np.array(jax.random.randint(key, (20_000, 9), -1, 4))
+    counts = np.stack([(L == c).sum(axis=1) for c in range(4)], axis=1)
+    top = (counts == counts.max(axis=1, keepdims=True)).astype(float)
+    np.testing.assert_allclose(MajorityVote(4).predict_proba(L), top / top.sum(axis=1, keepdims=True))
+
+
 def test_binary_tie_policies_match_the_general_rule():
     """The binary fast path against the k-class rule (a third class that can never win or tie)."""
     rng = np.random.default_rng(0)
