@@ -546,10 +546,15 @@ class FlyingSquid(LabelModel):
         if self.cardinality == 2:
             s = scores[0]
             if s.shape[1] == 2:  # v == 1: the softmax of two scores is a logistic of their difference
-                p = np.empty_like(s)
                 d = s[:, 1] - s[:, 0]
-                p[:, 1] = np.exp(-np.logaddexp(0.0, -d))  # sigmoid(d): no overflow, accurate when tiny
-                p[:, 0] = np.exp(-np.logaddexp(0.0, d))
+                # sigmoid(+-d) from e = exp(-|d|): no overflow, accurate when tiny (within a few ulp of
+                # the logaddexp form, 2x faster).
+                e = np.exp(-np.abs(d))
+                big = 1.0 / (1.0 + e)  # the larger of the two probabilities
+                small = e * big
+                p = np.empty_like(s)
+                p[:, 1] = np.where(d >= 0, big, small)
+                p[:, 0] = np.where(d >= 0, small, big)
                 return p
             s = s - s.max(axis=1, keepdims=True)
             p = np.exp(s)

@@ -324,3 +324,17 @@ def test_moments_pass_matches_numpy_over_chunks_and_padding():
         expected = np.zeros((3, 3))
         np.add.at(expected, (level[:, i], level[:, j]), 1.0 / n)
         np.testing.assert_allclose(joint[p], expected, atol=1e-6)
+
+
+def test_binary_probabilities_are_the_logistic_of_the_score_gap(key):
+    """predict_proba (v = 1) is sigmoid(s1 - s0) of the log scores, accurate to a few ulp even when one
+    probability is tiny (the exp(-|d|) form against the logaddexp one)."""
+    acc = np.full(12, 0.95)
+    L, _ = sample_label_matrix(key, 4000, acc, np.full(12, 0.9), np.array([0.5, 0.5]))
+    model = FlyingSquid().fit(L, class_balance=[0.5, 0.5])
+    s = model._log_scores(np.asarray(L))[0]
+    d = s[:, 1] - s[:, 0]
+    assert np.abs(d).max() > 30  # some rows have a probability below 1e-13
+    p = model.predict_proba(L)
+    np.testing.assert_allclose(p[:, 1], np.exp(-np.logaddexp(0.0, -d)), rtol=1e-13, atol=0)
+    np.testing.assert_allclose(p[:, 0], np.exp(-np.logaddexp(0.0, d)), rtol=1e-13, atol=0)
