@@ -1,0 +1,97 @@
+"""The compiled GPU path of every Pallas kernel, up to Triton IR, on a machine without a GPU.
+
+Exporting a jitted call for platform ``"cuda"`` runs each ``pallas_call``'s Triton lowering (Pallas to
+the Triton MLIR dialect) in Python. Only the Triton compile to PTX needs the GPU. So this catches a
+kernel that uses an operation or a block shape the Triton backend cannot lower, before a GPU session
+spends its minutes on it. It cannot catch compile time, register spills or wrong numbers; `make
+gpu-check` does that on the GPU.
+
+Two hooks of the pinned jax 0.11.2 (constraints.txt) are patched for the duration of each test:
+
+- the Triton lowering asks the local device for its compute capability, here an H100/H200's (9.0);
+- the dispatcher and the compiler-parameter choice ask for the current platform, here ``"gpu"``.
+"""
+
+import jax
+import jax.numpy as jnp
+import jaxflash.pallas_kernels.common as common
+import pytest
+from jax import export
+from jax._src.pallas.triton import gpu_info, pallas_call_registration
+
+import jaxflash
+import jaxflash.ops.registry as registry
+
+TRITON_CALL = "__gpu$xla.gpu.triton"
+# jax 0.11.2 warns on every Triton lowering that Pallas's Triton backend is deprecated in favour of Mosaic
+# GPU; the README's known issues say what that means for these kernels.
+pytestmark = pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated:DeprecationWarning")
+
+
+@pytest.fixture
+def as_gpu(monkeypatch):
+    hopper = gpu_info.GpuInfo(gpu_version=None, arch_name="9.0", compute_capability=90)
+    monkeypatch.setattr(pallas_call_registration.gpu_info_lib, "get_gpu_info", lambda: hopper)
+    monkeypatch.setattr(registry, "current_platform", lambda: "gpu")
+    monkeypatch.setattr(common, "current_platform", lambda: "gpu")
+
+
+def triton_calls(fn, *avals) -> int:
+    """Exports ``fn`` for CUDA and returns how many Triton kernels its module calls."""
+    exported = export.export(
+        jax.jit(fn),
+        platforms=["cuda"],
+        disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON_CALL)],
+    )(*avals)
+    return exported.mlir_module().count(f"@{TRITON_CALL}(")
+
+
+def with_grads(fn, argnums):
+    """``fn``'s output and its gradients with respect to ``argnums`` (a sum of the output as the loss)."""
+
+    def both(*args):
+        loss = lambda *a: fn(*a).astype(jnp.float32).sum()  # noqa: E731
+        return fn(*args), jax.grad(loss, argnums=argnums)(*args)
+
+    return both
+
+
+def spec(shape, dtype=jnp.float32):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+@pytest.mark.parametrize(
+    "seq,dtype,keep,kernels",
+    [
+        (1000, jnp.float32, None, 3),  # order 2: forward, dx, dk (+ the residual forward for the gate)
+        (2048, jnp.bfloat16, None, 3),  # order 3, 4 rows
+        (3000, jnp.float32, 300, 3),  # order 3, frequency-sparse
+        (40000, jnp.float32, None, 3),  # order 4, 128 rows as 16 x 8
+    ],
+)
+def test_fftconv_kernels_lower_to_triton(as_gpu, seq, dtype, keep, kernels):
+    def conv(u, k, post):
+        return jaxflash.fftconv(
+            u, k, post_gate=post, keep_frequencies=keep, causal=keep is None, implementation="pallas"
+        )
+
+    u, post = spec((2, seq, 16), dtype), spec((2, seq, 16), dtype)
+    k = spec((seq if keep is None else 8192, 16), dtype)
+    assert triton_calls(with_grads(conv, (0, 1, 2)), u, k, post) >= kernels
+
+
+@pytest.mark.parametrize("dtype,causal", [(jnp.bfloat16, True), (jnp.float32, False)])
+def test_attention_kernels_lower_to_triton(as_gpu, dtype, causal):
+    def attend(q, k, v):
+        return jaxflash.attention(q, k, v, causal=causal, implementation="pallas")
+
+    q, kv = spec((2, 512, 4, 64), dtype), spec((2, 512, 2, 64), dtype)
+    assert triton_calls(with_grads(attend, (0, 1, 2)), q, kv, kv) >= 2  # forward, backward
+
+
+def test_monarch_kernel_lowers_to_triton(as_gpu):
+    def monarch(x, w1, w2):
+        return jaxflash.monarch_matmul(x, w1, w2, implementation="pallas")
+
+    x, w = spec((256, 1024)), spec((32, 32, 32))
+    assert triton_calls(with_grads(monarch, (0, 1, 2)), x, w, w) >= 2
