@@ -281,10 +281,18 @@ def test_order3_frequency_sparse(key, keep):
     assert_close(run(args, 256, keep, ORDER3), numpy_conv(*as64(args), 256, keep), **F32_TOL)
 
 
+def test_order3_row_blocks_of_four(key):
+    """Four batch rows per row-kernel program: batch 5 is one full block and one of a single row."""
+    config = fk.FFTConvConfig(max_order2_size=32, inner_size=16, row_block_rows=4)
+    _grad_check(key, inputs(key, 5, 37, 3, 21), 64, scale=10.0, config=config)
+    with pytest.raises(ValueError, match="powers of two"):
+        run(inputs(key, 2, 37, 1, 21), 64, config=fk.FFTConvConfig(row_block_rows=3))
+
+
 def test_order3_compiled_plan_shapes_in_interpret_mode(key):
     """Rows of 256 samples (inner matmuls 16 x 16, Triton's minimum), 4 rows: the compiled plan's shapes."""
     args = inputs(key, 3, 300, 2, 300)
-    config = fk.FFTConvConfig(block_rows=1, min_dim=16, max_order2_size=256, inner_size=256)
+    config = fk.FFTConvConfig(row_block_rows=1, min_dim=16, max_order2_size=256, inner_size=256)
     assert_close(run(args, 1024, config=config), numpy_conv(*as64(args), 1024), **F32_TOL)
 
 
