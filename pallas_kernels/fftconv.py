@@ -161,11 +161,15 @@ def make_plan(seq_len: int, kernel_len: int, n: int, keep_frequencies: int | Non
     return _Plan(n, n1, n2, rows(seq_len), rows(seq_len), rows(kernel_len), tuple(cols), keep_frequencies)
 
 
+def _dft(m: int) -> np.ndarray:
+    """The m-point DFT matrix F[k, j] = w_m^(k j), float64 NumPy."""
+    return np.exp(-2j * np.pi * np.outer(np.arange(m), np.arange(m)) / m)
+
+
 @functools.lru_cache(maxsize=64)
 def _constants(n: int, n1: int, n2: int, rows_in: int, rows_out: int, cols: tuple[int, ...]):
     """DFT matrices and twiddles of the plan, in float64 NumPy (cast at the call)."""
-    w1 = np.exp(-2j * np.pi * np.outer(np.arange(n1), np.arange(n1)) / n1)
-    w2 = np.exp(-2j * np.pi * np.outer(np.arange(n2), np.arange(n2)) / n2)
+    w1, w2 = _dft(n1), _dft(n2)
     tw = np.exp(-2j * np.pi * np.outer(np.arange(n1), np.arange(n2)) / n)
     cols_ = np.asarray(cols)
     return dict(
@@ -614,10 +618,6 @@ def make_plan3(
     inner = make_plan(inner_size, inner_size, inner_size, keep_inner, min_dim)
     rows = lambda length: min(cdiv(length, inner_size), outer)  # noqa: E731
     return _Plan3(n, outer, factors, inner, rows(seq_len), rows(seq_len), rows(kernel_len), keep_frequencies)
-
-
-def _dft(m: int) -> np.ndarray:
-    return np.exp(-2j * np.pi * np.outer(np.arange(m), np.arange(m)) / m)
 
 
 def row_order(factors: tuple[int, int]) -> np.ndarray:

@@ -155,33 +155,35 @@ def _scan_rows(
     return carry, out
 
 
-def _block_leading(x: jax.Array, w1: jax.Array, w2: jax.Array):
-    """Forward of a [C, n] chunk, block index leading: returns (x3 (k,C,p), hm (l,C,r), z (l,C,s))."""
+def _block_leading(x: jax.Array, w1: jax.Array, w2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """First factor of a [C, n] chunk, block index leading: returns (x3 (k,C,p), hm (l,C,r)), the input
+    and the permuted intermediate that the second factor and the weight gradients consume."""
     k, q, p = w1.shape
-    l, s, r = w2.shape
-    f32 = jnp.float32
+    l, _, r = w2.shape
     # Block index leading and weights as (block, in, out), as m2's bmm path lays them out: XLA CPU
     # then runs k (and l) plain row-major matmuls, about 3x faster than with the block axis inside.
     x3 = jnp.swapaxes(x.reshape(-1, k, p), 0, 1)  # (k, C, p)
-    h = jnp.einsum("kbp,kpq->kbq", x3, jnp.swapaxes(w1, 1, 2), preferred_element_type=f32).astype(x.dtype)
+    h = jnp.einsum("kbp,kpq->kbq", x3, jnp.swapaxes(w1, 1, 2), preferred_element_type=jnp.float32).astype(
+        x.dtype
+    )
     # P_mid: the (k q) features of each row viewed as (r, l) and moved to (l, r), block l leading.
     hm = jnp.transpose(jnp.swapaxes(h, 0, 1).reshape(-1, r, l), (2, 0, 1))  # (l, C, r)
-    z = jnp.einsum("lbr,lrs->lbs", hm, jnp.swapaxes(w2, 1, 2), preferred_element_type=f32)  # (l, C, s)
-    return x3, hm, z
+    return x3, hm
 
 
 def _rows_fwd(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
     l, s, _ = w2.shape
-    z = _block_leading(x, w1, w2)[2]
+    hm = _block_leading(x, w1, w2)[1]
+    z = jnp.einsum("lbr,lrs->lbs", hm, jnp.swapaxes(w2, 1, 2), preferred_element_type=jnp.float32)
     return jnp.transpose(z, (1, 2, 0)).reshape(-1, s * l).astype(x.dtype)  # P_out: (s, l) order
 
 
 def _rows_bwd(x: jax.Array, dy: jax.Array, w1: jax.Array, w2: jax.Array):
-    """(dx, dw1, dw2) of one chunk: the chain rule through _block_leading, the transposes reversed."""
+    """(dx, dw1, dw2) of one chunk: the chain rule through _rows_fwd, the transposes reversed."""
     k, q, p = w1.shape
     l, s, r = w2.shape
     f32 = jnp.float32
-    x3, hm, _ = _block_leading(x, w1, w2)
+    x3, hm = _block_leading(x, w1, w2)
     dz = jnp.transpose(dy.reshape(-1, s, l), (2, 0, 1))  # (l, C, s)
     dw2 = jnp.einsum("lbs,lbr->lsr", dz, hm, preferred_element_type=f32)
     dhm = jnp.einsum("lbs,lsr->lbr", dz, w2, preferred_element_type=f32).astype(x.dtype)

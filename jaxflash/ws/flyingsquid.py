@@ -74,6 +74,7 @@ import numpy as np
 from jaxflash.ws.base import LabelModel
 from jaxflash.ws.label_matrix import (
     ABSTAIN,
+    check_cardinality,
     check_class_balance,
     check_label_matrix,
     check_labels,
@@ -295,8 +296,7 @@ class FlyingSquid(LabelModel):
         multiclass_normalization: Literal["sum", "softmax"] = "sum",
         triplet_seed: int = 0,
     ):
-        if not 2 <= cardinality <= 127:
-            raise ValueError(f"cardinality must be in 2..127 (votes are stored as int8), got {cardinality}")
+        check_cardinality(cardinality)
         if v < 1:
             raise ValueError(f"v (frames per row) must be >= 1, got {v}")
         if v > 1 and cardinality != 2:

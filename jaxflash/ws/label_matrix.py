@@ -120,6 +120,18 @@ def check_class_balance(class_balance: Any, cardinality: int, name: str = "class
     return cb / cb.sum()
 
 
+MAX_CARDINALITY = 127  # votes are stored as int8 (pad_rows_int8)
+
+
+def check_cardinality(cardinality: int) -> int:
+    """Validates a label model's number of classes: 2..MAX_CARDINALITY."""
+    if not 2 <= cardinality <= MAX_CARDINALITY:
+        raise ValueError(
+            f"cardinality must be in 2..{MAX_CARDINALITY} (votes are stored as int8), got {cardinality}"
+        )
+    return cardinality
+
+
 def pad_rows_int8(L: np.ndarray) -> jax.Array:
     """A checked label matrix ``L`` as a JAX int8 array with all-abstain rows appended up to a bucketed
     row count (the label models' jitted passes ignore such rows).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from functools import partial
 from typing import Any
 
 import jax
@@ -12,6 +11,7 @@ import numpy as np
 
 from jaxflash.ws.base import LabelModel, TiePolicy, probs_to_preds
 from jaxflash.ws.label_matrix import (
+    check_cardinality,
     check_class_balance,
     check_label_matrix,
     check_labels,
@@ -20,7 +20,7 @@ from jaxflash.ws.label_matrix import (
 )
 
 
-@partial(jax.jit, static_argnames="cardinality")
+@functools.partial(jax.jit, static_argnames="cardinality")
 def _tied_maxima(L: jax.Array, cardinality: int) -> jax.Array:
     """Uniform mass on each row's most-voted classes, ``[n, k]``; abstain (-1) counts for no class.
 
@@ -57,8 +57,7 @@ class MajorityVote(LabelModel):
         tie_policy: TiePolicy = "abstain",
         class_balance: list[float] | None = None,
     ):
-        if not 2 <= cardinality <= 127:
-            raise ValueError(f"cardinality must be in 2..127 (votes are stored as int8), got {cardinality}")
+        check_cardinality(cardinality)
         self.cardinality = cardinality
         self.tie_policy = tie_policy
         self.class_balance_ = (
