@@ -14,14 +14,9 @@ from typing import Any
 
 from jax.experimental import pallas as pl
 
-from jaxflash.ops.registry import current_platform
+from jaxflash import utils
 
 INTERPRET_ENV_VAR = "JAXFLASH_PALLAS_INTERPRET"
-
-
-def cdiv(a: int, b: int) -> int:
-    """Ceiling division, for grid sizes over ragged lengths."""
-    return -(-a // b)
 
 
 def interpret_for(implementation: str) -> Any:
@@ -51,7 +46,7 @@ def compiler_params(
     """
     if interpret is not False:
         return None
-    platform = current_platform()
+    platform = utils.current_platform()
     if platform == "gpu":
         from jax.experimental.pallas import triton as pltriton
 

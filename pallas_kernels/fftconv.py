@@ -55,7 +55,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
-from jaxflash.pallas_kernels.common import cdiv, compiler_params
+from jaxflash.pallas_kernels.common import compiler_params
+from jaxflash.utils import cdiv
 
 # Largest FFT size of the order-2 kernel (larger sizes use order 3, below). A program holds
 # `block_rows` complex N1 x N2 planes plus the DFT matrices in registers. On an H200 (2026-11-30)

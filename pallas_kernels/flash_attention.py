@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
-from jaxflash.pallas_kernels.common import cdiv, compiler_params, interpret_for
+from jaxflash.pallas_kernels.common import compiler_params, interpret_for
+from jaxflash.utils import cdiv
 
 # Sentinel for "no bound" in window arithmetic; far beyond any sequence length, far below int32 overflow.
 _UNBOUNDED = 1 << 29

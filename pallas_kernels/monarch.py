@@ -44,7 +44,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jaxflash.pallas_kernels.common import cdiv, compiler_params
+from jaxflash.pallas_kernels.common import compiler_params
+from jaxflash.utils import cdiv
 
 # Triton's tl.dot needs every operand dimension >= 16.
 _MIN_DOT_DIM = 16

@@ -34,7 +34,7 @@ from jaxtyping import Array, Bool, Float, Int
 from jaxflash.ops.attention_xla import xla_attention
 from jaxflash.ops.registry import dispatch, register
 from jaxflash.pallas_kernels import flash_attention as fa
-from jaxflash.pallas_kernels.common import cdiv
+from jaxflash.utils import cdiv
 from jaxflash.pallas_kernels.flash_attention import AttentionSpec, MaskArrays
 
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))

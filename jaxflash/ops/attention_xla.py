@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxflash.pallas_kernels.common import cdiv
+from jaxflash.utils import cdiv
 from jaxflash.pallas_kernels.flash_attention import (
     AttentionSpec,
     MaskArrays,

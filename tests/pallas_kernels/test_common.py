@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 from jax.experimental import pallas as pl
-from jaxflash.pallas_kernels.common import INTERPRET_ENV_VAR, cdiv, compiler_params, interpret_for
+from jaxflash.pallas_kernels.common import INTERPRET_ENV_VAR, compiler_params, interpret_for
+from jaxflash.utils import cdiv
 
 from jaxflash.testing import assert_close, random_normal
 

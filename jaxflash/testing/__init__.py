@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflash.ops.registry import current_platform
+from jaxflash.utils import current_platform
 
 # Absolute and relative tolerances of an op run in each dtype against an f32/f64 reference, for
 # outputs of unit scale. Ops with long reductions scale these up in their own tests, saying why.
