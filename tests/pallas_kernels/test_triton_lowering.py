@@ -9,18 +9,18 @@ gpu-check` does that on the GPU.
 Two hooks of the pinned jax 0.11.2 (constraints.txt) are patched for the duration of each test:
 
 - the Triton lowering asks the local device for its compute capability, here an H100/H200's (9.0);
-- the dispatcher and the compiler-parameter choice ask for the current platform, here ``"gpu"``.
+- the dispatcher and the compiler-parameter choice ask :func:`jaxflash.utils.current_platform`, here
+  ``"gpu"``.
 """
 
 import jax
 import jax.numpy as jnp
-import jaxflash.pallas_kernels.common as common
 import pytest
 from jax import export
 from jax._src.pallas.triton import gpu_info, pallas_call_registration
 
 import jaxflash
-import jaxflash.ops.registry as registry
+from jaxflash import utils
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 # jax 0.11.2 warns on every Triton lowering that Pallas's Triton backend is deprecated in favour of Mosaic
@@ -32,8 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The Pallas Triton backend is dep
 def as_gpu(monkeypatch):
     hopper = gpu_info.GpuInfo(gpu_version=None, arch_name="9.0", compute_capability=90)
     monkeypatch.setattr(pallas_call_registration.gpu_info_lib, "get_gpu_info", lambda: hopper)
-    monkeypatch.setattr(registry, "current_platform", lambda: "gpu")
-    monkeypatch.setattr(common, "current_platform", lambda: "gpu")
+    monkeypatch.setattr(utils, "current_platform", lambda: "gpu")
 
 
 def triton_calls(fn, *avals) -> int:
