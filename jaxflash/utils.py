@@ -14,6 +14,8 @@ jaxflash.utils.value_checks():`` and run the jitted function under ``checkify.ch
     with jaxflash.utils.value_checks():
         err, out = checkify.checkify(jax.jit(f))(x)
     err.throw()
+
+The setting is read while tracing: a function jitted and traced before keeps the trace it has.
 """
 
 from __future__ import annotations
@@ -45,7 +47,19 @@ def cdiv(a: int, b: int) -> int:
 
 def next_pow2(n: int) -> int:
     """The smallest power of two ``>= n`` (1 for ``n <= 1``)."""
-    return 1 << max(0, (n - 1).bit_length())
+    return 1 << max(0, n - 1).bit_length()
+
+
+def true_span(mask: Any) -> tuple[Any, Any]:
+    """First and one-past-last True entry along the last axis (``0, 0`` where there is none): the loop
+    bounds over the live tiles of a row. NumPy in, NumPy out (bounds fold at trace time); JAX in, JAX out.
+    """
+    xp = np if isinstance(mask, np.ndarray) else jnp
+    n = mask.shape[-1]
+    any_true = mask.any(-1)
+    first = xp.argmax(mask, -1)
+    last = n - xp.argmax(mask[..., ::-1], -1)
+    return xp.where(any_true, first, 0).astype(np.int32), xp.where(any_true, last, 0).astype(np.int32)
 
 
 def matmul_precision(dtype: Any) -> jax.lax.Precision | None:
@@ -138,4 +152,4 @@ def check_values(ok: Any, message: str, *fmt_args: Any) -> None:
             raise ValueError(message.format(*(np.asarray(a) if hasattr(a, "shape") else a for a in fmt_args)))
         return
     if value_checks_enabled():
-        checkify.check(jnp.all(ok), message, *fmt_args)
+        checkify.check(jnp.all(ok), message, *(jnp.asarray(a) for a in fmt_args))

@@ -1,27 +1,23 @@
 """Attention: jaxflash's chunked XLA path and Pallas kernels against ``jax.nn.dot_product_attention``,
 the naive reference and tokamax (speed-ups are over jaxflash xla: a peer at 0.5x takes twice as
-long), plus the checks shared by the tests and ``make gpu-check``.
+long), and the compiled kernels' checks for ``make gpu-check``.
 
 CPU suite (the issue's configuration): batch 1, 8 heads, head dim 64, f32, causal, q_len = kv_len
 in 1K, 4K, 16K, 64K; time and peak memory. On an accelerator the suite switches to the
 FlashAttention-3 benchmark shapes (bf16, head dim 64 and 128, seq 512 to 16K with batch x seq =
 16K, causal and not) and reports TFLOP/s next to ``jax.nn.dot_product_attention`` with cuDNN and XLA.
 
-:class:`AttentionCase` and :func:`check_case` are the one test body: ``tests/pallas_kernels``,
-``tests/jaxflash`` and the GPU checks all run a case through an implementation and compare the
-output, the logsumexp and the three gradients with the f32 reference.
+The GPU checks run :func:`jaxflash.testing.attention.check_case`, the body the tests share.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from jaxflash.bench.harness import Candidate, Case, GpuCheck, Suite
+from jaxflash.testing.attention import AttentionCase
 
 DEFAULT_SIZES = (1024, 4096, 16384, 65536)
 QUICK_SIZES = (512, 1024)
@@ -41,159 +37,6 @@ def _dense_guard(name: str, batch: int, heads: int, n: int) -> None:
             f"{name} materialises the {n}x{n} attention matrix: ~{need / 2**30:.0f} GiB, "
             f"over 60% of this machine's {total / 2**30:.0f} GiB"
         )
-
-
-# --- the shared correctness body ------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionCase:
-    """One correctness configuration.
-
-    Attributes:
-      batch, q_len, kv_len, q_heads, kv_heads, head_dim: shapes.
-      dtype: input dtype name.
-      causal, window, logits_soft_cap: as in ``jaxflash.attention``.
-      segments: number of segments (random sorted ids for q and kv), 0 for none.
-      kv_lengths: per-batch valid key counts, or None.
-      block_mask: ``(q_blocks, kv_blocks)`` of a random block mask, or None.
-      empty_rows: give the first query its own segment id that no key has (a fully masked row).
-      tiles: ``(block_q, block_kv)`` of the kernel or chunk sizes of the XLA path; None: defaults.
-    """
-
-    batch: int = 1
-    q_len: int = 48
-    kv_len: int = 48
-    q_heads: int = 2
-    kv_heads: int = 2
-    head_dim: int = 32
-    dtype: str = "float32"
-    causal: bool = False
-    window: tuple[int | None, int | None] | None = None
-    logits_soft_cap: float | None = None
-    segments: int = 0
-    kv_lengths: tuple[int, ...] | None = None
-    block_mask: tuple[int, int] | None = None
-    empty_rows: bool = False
-    tiles: tuple[int, int] | None = (16, 16)
-
-    def inputs(self, key) -> tuple[Any, Any, Any, dict[str, Any]]:
-        """Fresh random ``q, k, v`` and the keyword arguments of ``jaxflash.attention``."""
-        import jax
-        import jax.numpy as jnp
-
-        from jaxflash.testing import random_normal
-
-        kq, kk, kv, ks1, ks2, kb = jax.random.split(key, 6)
-        dtype = jnp.dtype(self.dtype)
-        q = random_normal(kq, (self.batch, self.q_len, self.q_heads, self.head_dim), dtype)
-        k = random_normal(kk, (self.batch, self.kv_len, self.kv_heads, self.head_dim), dtype)
-        v = random_normal(kv, (self.batch, self.kv_len, self.kv_heads, self.head_dim), dtype)
-        kw: dict[str, Any] = dict(
-            causal=self.causal, window=self.window, logits_soft_cap=self.logits_soft_cap
-        )
-        if self.segments or self.empty_rows:
-            n = max(self.segments, 1)
-            q_seg = jnp.sort(jax.random.randint(ks1, (self.batch, self.q_len), 0, n), axis=1)
-            kv_seg = jnp.sort(jax.random.randint(ks2, (self.batch, self.kv_len), 0, n), axis=1)
-            if self.empty_rows:
-                q_seg = q_seg.at[:, 0].set(-1)
-            kw["segment_ids"] = (q_seg, kv_seg)
-        if self.kv_lengths is not None:
-            kw["kv_lengths"] = jnp.asarray(self.kv_lengths, jnp.int32)
-        if self.block_mask is not None:
-            bm = jax.random.bernoulli(kb, 0.6, self.block_mask)
-            kw["block_mask"] = bm.at[-1, 0].set(False)  # at least one block removed
-        return q, k, v, kw
-
-
-# Every mask at once (causal with q_len != kv_len, a one-sided window, segments, kv_lengths, a block
-# mask, soft-capping): the case both the kernel and the XLA-path tests run under `slow`.
-ALL_MASKS_CASE = AttentionCase(
-    batch=2,
-    q_len=64,
-    kv_len=80,
-    causal=True,
-    window=(20, None),
-    segments=2,
-    kv_lengths=(70, 33),
-    block_mask=(4, 5),
-    logits_soft_cap=4.0,
-)
-
-
-def run_implementation(
-    implementation: str, q, k, v, spec, masks, seed=None, tiles: tuple[int, int] | None = None
-):
-    """``(out, lse)`` of one implementation, with explicit tile sizes where the path has them."""
-    from jaxflash.ops.attention_xla import ChunkConfig, xla_attention
-    from jaxflash.pallas_kernels import flash_attention as fa
-
-    if implementation == "xla":
-        config = ChunkConfig(*tiles) if tiles else ChunkConfig()
-        return xla_attention(q, k, v, spec, masks, seed, config)
-    if implementation in ("pallas", "pallas_interpret"):
-        config = fa.FlashConfig(tiles[0], tiles[1], tiles[0], tiles[1]) if tiles else None
-        return fa.flash_attention(q, k, v, spec, masks, config=config, implementation=implementation)
-    if implementation == "reference":
-        return fa.reference(q, k, v, spec, masks, seed)
-    raise ValueError(f"unknown attention implementation {implementation!r}")
-
-
-def check_case(
-    case: AttentionCase, implementation: str, key, *, grads: bool = True, tol_scale: float = 1.0
-) -> dict[str, float]:
-    """Compares ``implementation`` with the f32 reference on ``case``: out, lse and dq, dk, dv (under
-    random cotangents for both out and lse, so the lse term of the backward pass is checked too).
-
-    Raises AssertionError on a mismatch; returns the largest absolute errors. Tolerances are those
-    of ``jaxflash.testing`` for the input dtype (gradients twice that), scaled by ``tol_scale``.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from jaxflash.ops.attention import _validate
-    from jaxflash.pallas_kernels import flash_attention as fa
-    from jaxflash.testing import assert_close, assert_grads_close
-
-    kin, kcot = jax.random.split(key)
-    q, k, v, kw = case.inputs(kin)
-    spec, masks = _validate(q, k, v, scale=None, dropout_rate=0.0, dropout_key=None, **_kw(kw))
-
-    def fn(q, k, v):
-        return run_implementation(implementation, q, k, v, spec, masks, tiles=case.tiles)
-
-    def ref(q, k, v):
-        f32 = jnp.float32
-        return fa.reference(q.astype(f32), k.astype(f32), v.astype(f32), spec, masks)
-
-    # Jitted, so the reference and both backward passes compile once instead of dispatching op by op.
-    fn, ref = jax.jit(fn), jax.jit(ref)
-    out, lse = fn(q, k, v)
-    ref_out, ref_lse = ref(q, k, v)
-    assert_close(out, ref_out, dtype=q.dtype, scale=tol_scale, err_msg="attention output")
-    # lse is f32 whatever the inputs; its error follows the logits', i.e. the input dtype's.
-    assert_close(lse, ref_lse, dtype=q.dtype, scale=tol_scale, err_msg="logsumexp")
-    if not bool(jnp.all(jnp.isfinite(out))):
-        raise AssertionError("non-finite attention output")
-    errors = dict(out=_max_err(out, ref_out), lse=_max_err(lse, ref_lse))
-    if grads:
-        assert_grads_close(fn, ref, (q, k, v), key=kcot, dtype=q.dtype, scale=tol_scale)
-    return errors
-
-
-def _kw(kw: dict[str, Any]) -> dict[str, Any]:
-    full = dict(
-        causal=False, window=None, segment_ids=None, kv_lengths=None, block_mask=None, logits_soft_cap=None
-    )
-    full.update(kw)
-    return full
-
-
-def _max_err(a, b) -> float:
-    a = np.nan_to_num(np.asarray(a, np.float64))
-    b = np.nan_to_num(np.asarray(b, np.float64))
-    return float(np.max(np.abs(a - b)))
 
 
 # --- the timing suite ------------------------------------------------------------------------------------
@@ -363,6 +206,7 @@ def _gpu_check(case: AttentionCase, tol_scale: float = 1.0) -> GpuCheck:
         import jax
 
         from jaxflash.testing import tolerance
+        from jaxflash.testing.attention import check_case
 
         errors = check_case(case, "pallas", jax.random.key(0), tol_scale=tol_scale)
         return {

@@ -1,5 +1,7 @@
 """The dispatch contract every op uses, exercised with small ops registered here."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -183,3 +185,88 @@ def test_package_level_listing():
 
     assert isinstance(jaxflash.registered(), dict)
     assert all(set(v) <= set(jaxflash.IMPLEMENTATIONS) for v in jaxflash.supported().values())
+
+
+# --- configs -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _TileConfig:
+    tile: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChunkConfig:
+    chunk: int = 8
+
+
+@pytest.fixture
+def configured_op():
+    """An op whose interpreter path takes a _TileConfig, whose XLA path takes a _ChunkConfig, and whose
+    reference takes none. Each records the config it was given."""
+    seen = []
+
+    @register(OP, "pallas_interpret", config_type=_TileConfig)
+    def _interp(x, *, config):
+        seen.append(("pallas_interpret", config))
+        return x
+
+    @register(OP, "xla", config_type=_ChunkConfig)
+    def _xla(x, *, config):
+        seen.append(("xla", config))
+        return x
+
+    @register(OP, "reference")
+    def _ref(x):
+        seen.append(("reference", None))
+        return x
+
+    yield seen
+    unregister(OP)
+
+
+def test_config_reaches_the_implementation_of_its_type(configured_op, monkeypatch):
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    dispatch(OP, None, jnp.ones(2))  # no config: the implementation gets None, its default
+    dispatch(OP, "xla", jnp.ones(2), config=_ChunkConfig(16))
+    dispatch(OP, ("xla", "pallas_interpret"), jnp.ones(2), config=_TileConfig(2))  # xla refuses it
+    dispatch(OP, None, jnp.ones(2), config={"pallas_interpret": _TileConfig(1)})  # xla runs with None
+    assert configured_op == [
+        ("xla", None),
+        ("xla", _ChunkConfig(16)),
+        ("pallas_interpret", _TileConfig(2)),
+        ("xla", None),
+    ]
+    assert registry.config_types(OP) == {"pallas_interpret": _TileConfig, "xla": _ChunkConfig}
+
+
+def test_a_config_the_named_implementation_cannot_take_is_refused_clearly(configured_op):
+    with pytest.raises(
+        NotImplementedError, match=r"'xla' takes a _ChunkConfig; config=_TileConfig.*'pallas_interpret'"
+    ):
+        dispatch(OP, "xla", jnp.ones(2), config=_TileConfig())
+    with pytest.raises(NotImplementedError, match="'reference' takes no config"):
+        dispatch(OP, "reference", jnp.ones(2), config=_ChunkConfig())
+    assert configured_op == []
+
+
+def test_config_types_no_implementation_takes_are_type_errors(configured_op):
+    with pytest.raises(TypeError, match="not a config of '_test_square'.*_ChunkConfig \\('xla'\\)"):
+        dispatch(OP, None, jnp.ones(2), config=dict(chunk=8).items())
+    with pytest.raises(TypeError, match=r"config\['reference'\]: .* takes no config"):
+        dispatch(OP, None, jnp.ones(2), config={"reference": _ChunkConfig()})
+    with pytest.raises(TypeError, match=r"config\['xla'\] must be a _ChunkConfig"):
+        dispatch(OP, None, jnp.ones(2), config={"xla": _TileConfig()})
+    with pytest.raises(ValueError, match="a key of config="):
+        dispatch(OP, None, jnp.ones(2), config={"triton": _TileConfig()})
+
+
+def test_unknown_env_value_names_the_variable(op, monkeypatch):
+    monkeypatch.setenv(registry.ENV_VAR, "xla,fast")
+    with pytest.raises(ValueError, match="'fast' in the JAXFLASH_IMPLEMENTATION environment variable"):
+        dispatch(OP, None, jnp.ones(2))
+
+
+def test_implementation_of_a_wrong_type_is_a_type_error(op):
+    with pytest.raises(TypeError, match="implementation= must be a name"):
+        dispatch(OP, 3, jnp.ones(2))

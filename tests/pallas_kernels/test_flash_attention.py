@@ -1,22 +1,21 @@
 """The FlashAttention Pallas kernels (interpret mode on CPU, compiled on GPU/TPU) against the f32 reference.
 
-Each case runs the forward kernel and both backward kernels (dq; dk/dv) and compares out, lse, dq,
-dk and dv with the reference's autodiff (:func:`jaxflash.bench.attention.check_case`, the body the
+Each case runs the forward kernel and both backward kernels (dq; dk/dv) through the public op
+(``jaxflash.attention(..., implementation=..., config=FlashConfig(...))``) and compares out, lse, dq,
+dk and dv with the reference's autodiff (:func:`jaxflash.testing.attention.check_case`, the body the
 XLA-path tests and the GPU checks share). Tolerances: ``jaxflash.testing`` per input dtype (f32
 1e-5, bf16 2e-2; gradients twice that). Tiles are small (mostly 16) so every axis has >= 3 tiles.
 """
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxflash.pallas_kernels import flash_attention as fa
+from jaxflash.pallas_kernels.flash_attention import FlashConfig, default_config
 
-from jaxflash.bench.attention import ALL_MASKS_CASE, AttentionCase, check_case, run_implementation
-from jaxflash.ops.attention import _validate
+import jaxflash
 from jaxflash.testing import assert_close, kernel_implementation
+from jaxflash.testing.attention import ALL_MASKS_CASE, AttentionCase, attention_fn, check_case
 
 IMPL = kernel_implementation()
 
@@ -66,21 +65,11 @@ def test_kernel_matches_reference_slow(name, key):
     check_case(SLOW_CASES[name], IMPL, key)
 
 
-def _prepared(case, key):
-    q, k, v, kw = case.inputs(key)
-    full = dict(
-        causal=False, window=None, segment_ids=None, kv_lengths=None, block_mask=None, logits_soft_cap=None
-    )
-    full.update(kw)
-    spec, masks = _validate(q, k, v, scale=None, dropout_rate=0.0, dropout_key=None, **full)
-    return q, k, v, spec, masks
-
-
 def test_fully_masked_rows_are_zero_with_lse_minus_inf(key):
     # q_len > kv_len with causal: the first q_len - kv_len queries see no key.
     case = AttentionCase(q_len=24, kv_len=8, causal=True, tiles=(8, 8))
-    q, k, v, spec, masks = _prepared(case, key)
-    out, lse = run_implementation(IMPL, q, k, v, spec, masks, tiles=case.tiles)
+    q, k, v, kw = case.inputs(key)
+    out, lse = attention_fn(case, IMPL, kw)(q, k, v)
     np.testing.assert_array_equal(np.asarray(out[:, :16]), 0.0)
     assert np.all(np.isneginf(np.asarray(lse[:, :16])))
     assert np.all(np.isfinite(np.asarray(lse[:, 16:])))
@@ -88,8 +77,8 @@ def test_fully_masked_rows_are_zero_with_lse_minus_inf(key):
 
 def test_jit_equals_eager_and_deterministic(key):
     case = AttentionCase(q_len=24, kv_len=24, causal=True, segments=2, tiles=(8, 8))
-    q, k, v, spec, masks = _prepared(case, key)
-    run = lambda q, k, v: run_implementation(IMPL, q, k, v, spec, masks, tiles=case.tiles)
+    q, k, v, kw = case.inputs(key)
+    run = attention_fn(case, IMPL, kw)
     eager = run(q, k, v)
     jitted = jax.jit(run)(q, k, v)
     again = jax.jit(run)(q, k, v)
@@ -99,35 +88,26 @@ def test_jit_equals_eager_and_deterministic(key):
 
 
 def test_dropout_is_refused_so_the_dispatcher_falls_back(key):
-    case = AttentionCase()
-    q, k, v, spec, masks = _prepared(case, key)
-    spec = dataclasses.replace(spec, dropout_rate=0.1)
+    q, k, v, _ = AttentionCase().inputs(key)
     with pytest.raises(NotImplementedError, match="dropout"):
-        fa.flash_attention(q, k, v, spec, masks, implementation=IMPL)
+        jaxflash.attention(q, k, v, dropout_rate=0.1, dropout_key=jax.random.key(0), implementation=IMPL)
 
 
-@pytest.mark.parametrize(
-    "spec_kw",
-    [dict(causal=True), dict(window=(3, 5)), dict(causal=True, window=(11, None)), dict(window=(None, 0))],
-)
-@pytest.mark.parametrize("lens", [(37, 45), (45, 37), (40, 40)])
-def test_tile_liveness_is_exact_for_band_masks(spec_kw, lens):
-    """A tile is live iff some entry of it is visible: skipping dead tiles never drops work."""
-    tq, tk = lens
-    spec = fa.AttentionSpec(q_len=tq, kv_len=tk, scale=1.0, **spec_kw)
-    t = 8
-    nq, nk = -(-tq // t), -(-tk // t)
-    live = np.asarray(fa.tile_liveness(spec, fa.MaskArrays(), t, t, nq, nk))[0]
-    dense = np.array(fa.element_mask(spec, jnp.arange(nq * t)[:, None], jnp.arange(nk * t)[None, :]))
-    dense[tq:] = False
-    expected = dense.reshape(nq, t, nk, t).any(axis=(1, 3))
-    np.testing.assert_array_equal(live, expected)
-    if spec.causal and tq == tk:
-        assert live.sum() < live.size * 0.7  # causal skips about half the tiles
+def test_config_reaches_the_kernel_and_is_validated(key):
+    q, k, v, _ = AttentionCase(q_len=40, kv_len=40).inputs(key)
+    ref = jaxflash.attention(q, k, v, causal=True, implementation="reference")
+    for tiles in [(16, 16, 16, 16), (32, 16, 16, 32)]:
+        out = jaxflash.attention(q, k, v, causal=True, implementation=IMPL, config=FlashConfig(*tiles))
+        assert_close(out, ref)
+    with pytest.raises(ValueError, match="FlashConfig.block_kv must be a power of two"):
+        FlashConfig(block_kv=24)
+    with pytest.raises(NotImplementedError, match="head_dim <= 256"):
+        big = jnp.zeros((1, 8, 1, 264))
+        jaxflash.attention(big, big, big, implementation=IMPL)
 
 
 def test_default_config_is_triton_friendly():
     for q_len, kv_len, d in [(7, 7, 32), (1000, 539, 80), (16384, 16384, 256)]:
-        cfg = fa.default_config(q_len, kv_len, d)
+        cfg = default_config(q_len, kv_len, d)
         for tile in (cfg.block_q, cfg.block_kv, cfg.block_q_dkv, cfg.block_kv_dkv):
             assert tile >= 16 and tile & (tile - 1) == 0

@@ -23,21 +23,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxflash.utils import cdiv
-from jaxflash.pallas_kernels.flash_attention import (
+from jaxflash.ops.attention.spec import (
     AttentionSpec,
     MaskArrays,
     dropout_keep,
-    element_mask,
-    live_span,
-    softcap,
-    tile_liveness,
+    finite_keys,
+    poison_nonfinite_keys,
 )
+from jaxflash.utils import cdiv, true_span, zero_cotangent
 
 
 @dataclasses.dataclass(frozen=True)
 class ChunkConfig:
-    """Chunk sizes of the XLA path.
+    """Chunk sizes of the XLA path (``jaxflash.attention(..., implementation="xla", config=...)``).
 
     Attributes:
       chunk_q: query rows per outer step; larger chunks amortise loop overhead, smaller ones cut
@@ -51,6 +49,12 @@ class ChunkConfig:
     chunk_q: int = 128
     chunk_kv: int = 512
     unmasked_full_tiles: bool = True
+
+    def __post_init__(self):
+        for name in ("chunk_q", "chunk_kv"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ChunkConfig.{name} must be a positive int; got {value!r}")
 
 
 def _sizes(spec: AttentionSpec, config: ChunkConfig) -> tuple[int, int, int, int]:
@@ -88,13 +92,16 @@ class _Chunks:
         self.rows = self.cq * self.g
         self.lq, self.lk = self.nq * self.cq, self.nk * self.ck
         self.q = self.rows_of(q.astype(jnp.float32).reshape(b, tq, hk, self.g, d))
+        # k and v arrive poisoned (poison_nonfinite_keys): k's NaN rows are logits only, never factors.
         self.k = _chunk(k.astype(jnp.float32), self.lk, self.ck).transpose(0, 1, 3, 2, 4)
         self.v = _chunk(v.astype(jnp.float32), self.lk, self.ck).transpose(0, 1, 3, 2, 4)
-        self.q_seg = self.kv_seg = None
+        self.q_seg = self.kv_seg = self.offsets = None
         if masks.q_segment_ids is not None:
             self.q_seg = _chunk(masks.q_segment_ids, self.lq, self.cq)  # [nq, b, cq]
             self.kv_seg = _chunk(masks.kv_segment_ids, self.lk, self.ck)
-        self.live_static = tile_liveness(spec, masks, self.cq, self.ck, self.nq, self.nk).any(0)
+        if masks.offsets is not None:
+            self.offsets = _chunk(masks.offsets, self.lq, self.cq)  # [nq, b, cq]
+        self.live_static = spec.tile_liveness(masks, self.cq, self.ck, self.nq, self.nk).any(0)
         self.live = jnp.asarray(self.live_static)
         full = _full_tiles(spec, masks, self.cq, self.ck, self.nq, self.nk)
         self.full = jnp.asarray(full)
@@ -126,20 +133,28 @@ def _chunk(x, padded: int, size: int):
 def _tile(spec, c: _Chunks, masks, seed, i, j, qi, kj, masked: bool):
     """Logits, mask and dropout keep-mask of tile (i, j); shapes ``[b, hk, cq * g, ck]``."""
     raw = jnp.einsum("bhmd,bhcd->bhmc", qi, kj) * spec.scale
-    s = softcap(raw, spec.logits_soft_cap)
+    s = spec.softcap(raw)
     row = jnp.arange(c.rows)
     q_pos = (i * c.cq + row // c.g)[:, None]
     kv_pos = (j * c.ck + jnp.arange(c.ck))[None, :]
     allowed = None
     if masked:
-        seg_q = seg_k = length = None
+        seg_q = seg_k = length = offset = None
         if c.q_seg is not None:
             seg_q = c.q_seg[i][:, row // c.g][:, None, :, None]
             seg_k = c.kv_seg[j][:, None, None, :]
         if masks.kv_lengths is not None:
             length = masks.kv_lengths[:, None, None, None]
-        allowed = element_mask(
-            spec, q_pos, kv_pos, q_seg=seg_q, kv_seg=seg_k, kv_length=length, block_mask=masks.block_mask
+        if c.offsets is not None:
+            offset = c.offsets[i][:, row // c.g][:, None, :, None]
+        allowed = spec.element_mask(
+            q_pos,
+            kv_pos,
+            q_seg=seg_q,
+            kv_seg=seg_k,
+            kv_length=length,
+            offset=offset,
+            block_mask=masks.block_mask,
         )
     keep = None
     if spec.dropout_rate > 0.0:
@@ -171,7 +186,7 @@ def _dispatch_tile(c: _Chunks, i, j, fn, carry):
 
 def _forward(q, k, v, masks: MaskArrays, seed, spec: AttentionSpec, config: ChunkConfig):
     c = _Chunks(q, k, v, masks, spec, config)
-    lo, hi = map(jnp.asarray, live_span(c.live_static))
+    lo, hi = map(jnp.asarray, true_span(c.live_static))
     shape = (c.batch, c.hk, c.rows)
 
     def q_chunk(i):
@@ -202,12 +217,13 @@ def _forward(q, k, v, masks: MaskArrays, seed, spec: AttentionSpec, config: Chun
             jnp.zeros(shape, jnp.float32),
         )
         acc, m, row_sum = lax.fori_loop(lo[i], hi[i], step, init)
-        seen = row_sum > 0
-        l_safe = jnp.where(seen, row_sum, 1.0)
+        # A row no key reaches gives 0 and lse = -inf; a NaN sum (a visible non-finite key) stays NaN.
+        empty = row_sum == 0
+        l_safe = jnp.where(empty, 1.0, row_sum)
         out = acc / l_safe[..., None]
         if spec.dropout_rate > 0.0:
             out = out / (1.0 - spec.dropout_rate)
-        return out, jnp.where(seen, m + jnp.log(l_safe), -jnp.inf)
+        return out, jnp.where(empty, -jnp.inf, m + jnp.log(l_safe))
 
     out, lse = lax.map(q_chunk, jnp.arange(c.nq))  # [nq, b, hk, rows, d], [nq, b, hk, rows]
     return c.unrows(out, spec.q_len).astype(q.dtype), c.unrows(lse, spec.q_len)
@@ -216,19 +232,18 @@ def _forward(q, k, v, masks: MaskArrays, seed, spec: AttentionSpec, config: Chun
 def _backward(q, k, v, masks, seed, out, lse, do, dlse, spec: AttentionSpec, config: ChunkConfig):
     c = _Chunks(q, k, v, masks, spec, config)
     b, tq, d = q.shape[0], q.shape[1], q.shape[-1]
-    delta = jnp.einsum("bqhd,bqhd->bqh", do.astype(jnp.float32), out.astype(jnp.float32))
-    if dlse is not None:
-        delta = delta - dlse
+    delta = _delta(do, out, dlse)
     # +inf on fully masked rows: exp(s - lse) is then 0 there without a NaN.
     lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
     grouped = lambda x: c.rows_of(x.reshape(b, tq, c.hk, c.g, *x.shape[3:]))
     lse_c, delta_c = grouped(lse), grouped(delta)
     do_c = grouped(do.astype(jnp.float32))
-    lo, hi = map(jnp.asarray, live_span(c.live_static.T))
+    lo, hi = map(jnp.asarray, true_span(c.live_static.T))
     keep_scale = 1.0 / (1.0 - spec.dropout_rate)
 
     def kv_chunk(dq, j):
         kj, vj = c.k[j], c.v[j]
+        kj_factor = finite_keys(kj)
 
         def step(i, carry):
             def compute(carry, masked):
@@ -249,7 +264,7 @@ def _backward(q, k, v, masks, seed, out, lse, do, dlse, spec: AttentionSpec, con
                     t = jnp.tanh(raw / spec.logits_soft_cap)
                     ds = ds * (1.0 - t * t)
                 dk = dk + jnp.einsum("bhmc,bhmd->bhcd", ds, qi)
-                dq = dq.at[i].add(jnp.einsum("bhmc,bhcd->bhmd", ds, kj))
+                dq = dq.at[i].add(jnp.einsum("bhmc,bhcd->bhmd", ds, kj_factor))
                 return dk, dv, dq
 
             return _dispatch_tile(c, i, j, compute, carry)
@@ -282,18 +297,19 @@ def _attention_bwd(spec, config, res, cot):
     q, k, v, masks, seed, out, lse = res
     do, dlse = cot
     dq, dk, dv = _backward(q, k, v, masks, seed, out, lse, do, dlse, spec, config)
-    return dq, dk, dv, jax.tree.map(_zero_cotangent, masks), _zero_cotangent(seed)
-
-
-def _zero_cotangent(x):
-    if x is None:
-        return None
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        return jnp.zeros_like(x)
-    return np.zeros(x.shape, jax.dtypes.float0)
+    return dq, dk, dv, jax.tree.map(zero_cotangent, masks), zero_cotangent(seed)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _delta(do: jax.Array, out: jax.Array, dlse: jax.Array | None) -> jax.Array:
+    """``D = rowsum(dO * O) - dlse`` ``[b, tq, hq]``; 0 on rows whose output is NaN (they see a
+    non-finite key), so that the zero weights of the keys they cannot see keep zero gradients."""
+    delta = jnp.einsum("bqhd,bqhd->bqh", do.astype(jnp.float32), out.astype(jnp.float32))
+    if dlse is not None:
+        delta = delta - dlse
+    return jnp.where(jnp.isnan(delta), 0.0, delta)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "config"))
@@ -304,10 +320,11 @@ def xla_attention(
     spec: AttentionSpec,
     masks: MaskArrays | None = None,
     seed: jax.Array | None = None,
-    config: ChunkConfig = ChunkConfig(),
+    config: ChunkConfig | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Chunked attention; returns ``(out [b, tq, hq, d], lse [b, tq, hq] f32)``. Inputs pre-validated."""
     masks = MaskArrays() if masks is None else masks
     if seed is None:
         seed = jnp.zeros((2,), jnp.uint32)
-    return _attention(q, k, v, masks, seed, spec, config)
+    k, v = poison_nonfinite_keys(k, v)
+    return _attention(q, k, v, masks, seed, spec, config or ChunkConfig())
