@@ -1,13 +1,16 @@
 # jaxflash developer commands. Each works from a fresh clone: the first target run creates .venv.
-#   make test       the test suite (what CI runs)
-#   make demo       the main job end to end
-#   make bench      every benchmark suite on this machine (SUITE=name for one)
-#   make gpu-check  on a CUDA machine without network: compiled kernels vs references, then GPU timings
-#   make lint       ruff
+#   make test         the test suite (what CI runs), against the pinned versions of constraints.txt
+#   make test-latest  the same suite against the newest versions the registry serves (.venv-latest)
+#   make demo         the main job end to end
+#   make notebooks    executes every notebook into build/notebooks/*.ipynb
+#   make bench        every benchmark suite on this machine, in one run (SUITE=name for one)
+#   make gpu-check    on a CUDA machine without network: compiled kernels vs references, then GPU timings
+#   make lint         ruff
 
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+LATEST_VENV := .venv-latest
 # Python 3.12 through pyenv when the machine has it (as development and CI do), else python3.
 PYTHON_BOOT := $(shell if command -v pyenv >/dev/null 2>&1 && pyenv prefix 3.12 >/dev/null 2>&1; then echo "$$(pyenv prefix 3.12)/bin/python3"; elif command -v python3.12 >/dev/null 2>&1; then echo python3.12; else echo python3; fi)
 PYTEST_ARGS ?= -n 2
@@ -18,7 +21,7 @@ GPU_PYTHON ?= python3
 # e.g. GPU_CHECK_ARGS="--suites fftconv monarch --budget-seconds 300" to fit a short GPU session.
 GPU_CHECK_ARGS ?=
 
-.PHONY: test test-slow demo bench gpu-check lint venv clean
+.PHONY: test test-slow test-latest demo notebooks bench gpu-check lint venv clean
 
 venv: $(VENV)/.installed
 
@@ -34,13 +37,25 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest $(PYTEST_ARGS) -m slow
 
+# No constraints file: pip resolves the newest releases of everything pyproject.toml allows.
+test-latest:
+	test -x $(LATEST_VENV)/bin/python || $(PYTHON_BOOT) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+	$(LATEST_VENV)/bin/python -m pip list 2>/dev/null | grep -E "^(jax|jaxlib|flax|optax|orbax-checkpoint|chex|numpy) "
+	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+notebooks: venv
+	mkdir -p build/notebooks
+	for nb in notebooks/*.py; do \
+		$(VENV)/bin/jupytext --to notebook --execute "$$nb" -o "build/notebooks/$$(basename "$${nb%.py}").ipynb" || exit 1; \
+	done
+
 demo: venv
 	$(PY) -m jaxflash.demo
 
 bench: venv
-	@if [ -n "$(SUITE)" ]; then $(PY) -m jaxflash.bench $(SUITE); \
-	else for s in $$($(PY) -c "from jaxflash.bench.suites import SUITE_MODULES; print(*SUITE_MODULES)"); do \
-		$(PY) -m jaxflash.bench $$s || exit 1; done; fi
+	$(PY) -m jaxflash.bench $(or $(SUITE),$$($(PY) -c "from jaxflash.bench.suites import SUITE_MODULES; print(*SUITE_MODULES)"))
 
 gpu-check:
 	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
@@ -51,4 +66,4 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 clean:
-	rm -rf $(VENV) bench-results gpu-check-results *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) build bench-results gpu-check-results *.egg-info .pytest_cache .ruff_cache

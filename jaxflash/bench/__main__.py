@@ -1,4 +1,8 @@
-"""``python -m jaxflash.bench SUITE [...]``: time jaxflash against its peers in one run."""
+"""``python -m jaxflash.bench SUITE [SUITE ...]``: time jaxflash against its peers in one run.
+
+Several suites run one after another in this one process (same machine state, same versions); each
+gets its own table, JSON file and, with ``--record``, its own section in BENCHMARKS.md.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"suites:\n{suites}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("suite", choices=sorted(SUITE_MODULES), metavar="SUITE", help="the suite to run")
+    parser.add_argument(
+        "suites",
+        nargs="+",
+        choices=sorted(SUITE_MODULES),
+        metavar="SUITE",
+        help="the suites to run, in order",
+    )
     parser.add_argument("--sizes", type=int, nargs="+", help="override the suite's default sizes")
     parser.add_argument("--quick", action="store_true", help="small sizes, for smoke runs")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (compilation included)")
@@ -33,16 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-memory", action="store_true", help="skip the per-candidate peak-memory subprocesses"
     )
     parser.add_argument("--only", nargs="+", help="run only these candidates (and the baseline)")
-    parser.add_argument("--json", help="where to write the JSON (default bench-results/SUITE-TIME.json)")
+    parser.add_argument(
+        "--json", help="where to write the JSON (one suite only; default bench-results/SUITE-TIME.json)"
+    )
     parser.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
     parser.add_argument("--benchmarks-file", default="BENCHMARKS.md", help="the file --record appends to")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    suite = get_suite(args.suite)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json and len(args.suites) > 1:
+        parser.error("--json names one file: pass one suite, or leave --json out")
     command = "python -m jaxflash.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    failed = False
+    for name in args.suites:
+        failed |= _run_one(get_suite(name), args, command)
+    return 1 if failed else 0
+
+
+def _run_one(suite, args: argparse.Namespace, command: str) -> bool:
+    """Runs one suite, prints and writes its results; True when a candidate errored."""
     info = machine_info()
     results = run_suite(
         suite,
@@ -87,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.benchmarks_file, "a") as f:
             f.write("\n" + header + "\n" + table + "\n")
         print(f"table appended to {args.benchmarks_file}", file=sys.stderr)
-    return 1 if any(r.status.startswith("error") for r in results) else 0
+    return any(r.status.startswith("error") for r in results)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,20 @@ def test_cli_writes_json_and_records(fake_suite, tmp_path, capsys):
     assert "| 64 | fast |" in capsys.readouterr().out
 
 
+def test_cli_runs_several_suites_in_one_run(fake_suite, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bench_file = tmp_path / "BENCHMARKS.md"
+    rc = bench_main(
+        ["_fake", "_fake", "--no-memory", "--repeats", "1", "--record", "--benchmarks-file", str(bench_file)]
+    )
+    assert rc == 1
+    assert bench_file.read_text().count("## _fake: a suite the tests register") == 2
+    assert len(list((tmp_path / "bench-results").glob("_fake-*.json"))) >= 1
+    with pytest.raises(SystemExit):
+        bench_main(["_fake", "_fake", "--json", str(tmp_path / "one.json")])
+    assert "--json names one file" in capsys.readouterr().err
+
+
 def test_help_lists_the_suites(capsys):
     with pytest.raises(SystemExit) as info:
         bench_main(["--help"])
