@@ -29,7 +29,8 @@ XLA einsums for the weight gradients, which are reductions over the batch.
 
 Triton lowering needs power-of-two block dimensions and dot operands of at least 16 on each side,
 so every one of k, q, p, s must be a power of two >= 16 (square n >= 256); other shapes raise
-``NotImplementedError`` and the public op falls back to XLA.
+``NotImplementedError`` and the public op falls back to XLA. The op's definition and its dense
+reference live with the op, in :mod:`jaxflash.ops.monarch`.
 """
 
 # The factor shapes keep the m2 paper's letters (k, q, p, l, s, r), so `l` is a name here.
@@ -39,28 +40,34 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jaxflash.pallas_kernels.common import compiler_params
-from jaxflash.utils import cdiv
+
+from jaxflash.utils import cdiv, matmul_precision
 
 # Triton's tl.dot needs every operand dimension >= 16.
 _MIN_DOT_DIM = 16
 
 
+def _is_pow2(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 and v & (v - 1) == 0
+
+
 @dataclasses.dataclass(frozen=True)
 class MonarchConfig:
-    """Tile sizes of the fused kernel.
+    """Tile sizes of the fused kernel; reach them through ``jaxflash.monarch_matmul(..., config=...)``.
 
     Attributes:
-      block_rows: rows of ``x`` per program (the M side of the second dot; >= 16, power of two).
-      block_r: chunk of the intermediate contraction ``r`` per dot (>= 16, power of two).
-      block_p: chunk of the first factor's contraction ``p`` held in registers at once.
-      num_warps: Triton warps per program.
-      num_stages: Triton software-pipelining stages.
+      block_rows: rows of ``x`` per program (the M side of the second dot; a power of two >= 16).
+      block_r: chunk of the intermediate contraction ``r`` per dot (a power of two >= 16).
+      block_p: chunk of the first factor's contraction ``p`` held in registers at once (a power of two).
+      num_warps: Triton warps per program (>= 1).
+      num_stages: Triton software-pipelining stages (>= 1).
     """
 
     block_rows: int = 16
@@ -69,17 +76,20 @@ class MonarchConfig:
     num_warps: int = 4
     num_stages: int = 2
 
+    def __post_init__(self):
+        for name in ("block_rows", "block_r"):
+            v = getattr(self, name)
+            if not _is_pow2(v) or v < _MIN_DOT_DIM:
+                raise ValueError(f"MonarchConfig.{name} must be a power of two >= {_MIN_DOT_DIM}; got {v!r}")
+        if not _is_pow2(self.block_p):
+            raise ValueError(f"MonarchConfig.block_p must be a power of two; got {self.block_p!r}")
+        for name in ("num_warps", "num_stages"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"MonarchConfig.{name} must be an integer >= 1; got {v!r}")
 
-DEFAULT_CONFIG = MonarchConfig()
 
-
-def _is_pow2(v: int) -> bool:
-    return v > 0 and v & (v - 1) == 0
-
-
-def unsupported_reason(
-    w1_shape: tuple[int, ...], w2_shape: tuple[int, ...], config: MonarchConfig = DEFAULT_CONFIG
-) -> str | None:
+def unsupported_reason(w1_shape: tuple[int, ...], w2_shape: tuple[int, ...]) -> str | None:
     """Why the fused kernel cannot serve these factor shapes, or None when it can."""
     k, q, p = w1_shape
     l, s, r = w2_shape
@@ -91,11 +101,6 @@ def unsupported_reason(
     for name, v in (("k", k), ("q", q), ("p", p), ("s", s)):
         if not _is_pow2(v) or v < _MIN_DOT_DIM:
             return f"the fused kernel needs {name} a power of two >= {_MIN_DOT_DIM}; got {name}={v}"
-    for name, v in (("block_rows", config.block_rows), ("block_r", config.block_r)):
-        if not _is_pow2(v) or v < _MIN_DOT_DIM:
-            raise ValueError(f"MonarchConfig.{name} must be a power of two >= {_MIN_DOT_DIM}; got {v}")
-    if not _is_pow2(config.block_p):
-        raise ValueError(f"MonarchConfig.block_p must be a power of two; got {config.block_p}")
     return None
 
 
@@ -107,7 +112,7 @@ def _kernel(x_ref, w1t_ref, w2_ref, o_ref, *, block_r: int, block_p: int):
     # w2_ref: (S, R), output block l of the second factor; o_ref: (rows, S), column l of the output.
     rows, num_r, num_p = x_ref.shape
     num_s = w2_ref.shape[0]
-    precision = jax.lax.Precision.HIGHEST if x_ref.dtype == jnp.float32 else None
+    precision = matmul_precision(x_ref.dtype)
     br = min(block_r, num_r)
     bp = min(block_p, num_p)
     acc = jnp.zeros((rows, num_s), jnp.float32)
@@ -199,10 +204,10 @@ def _bwd(interpret, config, residuals, dy):
     dx = jnp.swapaxes(dx, 1, 2).reshape(batch, k * p)
     # The weight gradients contract over the batch; XLA's batched matmuls recompute h and G for them.
     # h and G stay in f32 (rounding them to bf16 costs ~sqrt(batch) ulps in the sums), and f32 dots ask for
-    # IEEE precision: XLA on GPU otherwise runs them in TF32 (measured on an H200: 5e-2 errors at batch 1000).
+    # IEEE precision: XLA on GPU otherwise runs them in TF32, far outside the f32 tolerance at large batch.
     x3 = x.reshape(batch, k, p)
     f32 = jnp.float32
-    hi = jax.lax.Precision.HIGHEST if x.dtype == f32 else None
+    hi = matmul_precision(x.dtype)
     h = jnp.einsum("brp,rlp->blr", x3, w1, preferred_element_type=f32, precision=hi)
     dw2 = jnp.einsum("bsl,blr->lsr", dy3.astype(f32), h, precision=hi)
     g = jnp.einsum("bsq,qsk->bkq", dy3, w2, preferred_element_type=f32, precision=hi)
@@ -219,13 +224,15 @@ def monarch_matmul(
     w2: jax.Array,
     *,
     interpret: Any = False,
-    config: MonarchConfig = DEFAULT_CONFIG,
+    config: MonarchConfig | None = None,
 ) -> jax.Array:
     """The fused Monarch product of 2-D ``x`` (B, n): (B, l * s); differentiable in all three inputs.
 
     Raises ``NotImplementedError`` for factor shapes outside the kernel's family (see the module
-    docstring) and ``ValueError`` for inconsistent shapes or dtypes.
+    docstring) and ``ValueError`` for inconsistent shapes or dtypes. Inputs are validated by the public
+    op (:func:`jaxflash.monarch_matmul`); this checks what the kernel itself needs.
     """
+    config = MonarchConfig() if config is None else config
     if x.ndim != 2:
         raise ValueError(f"the kernel takes x of shape (batch, n); got {x.shape=}")
     if w1.ndim != 3 or w2.ndim != 3:
@@ -236,7 +243,7 @@ def monarch_matmul(
         raise ValueError(f"shapes do not compose: {x.shape=}, {w1.shape=}, {w2.shape=}")
     if not (x.dtype == w1.dtype == w2.dtype):
         raise ValueError(f"x, w1 and w2 must share a dtype; got {x.dtype}, {w1.dtype}, {w2.dtype}")
-    reason = unsupported_reason(w1.shape, w2.shape, config)
+    reason = unsupported_reason(w1.shape, w2.shape)
     if reason is not None:
         raise NotImplementedError(reason)
     return _monarch_jit(x, w1, w2, interpret, config)
@@ -244,29 +251,3 @@ def monarch_matmul(
 
 # One compiled program per shape, also when called eagerly.
 _monarch_jit = jax.jit(_monarch, static_argnums=(3, 4))
-
-
-# --- reference ----------------------------------------------------------------------------------
-
-
-def dense_matrix(w1: jax.Array, w2: jax.Array) -> jax.Array:
-    """The Monarch matrix ``M`` (m, n) of the factors, built from its definition; ``y = x @ M.T``.
-
-    BlockDiag(w1) is materialized as an (k q, n) matrix; P_mid, BlockDiag(w2) and P_out are applied
-    to its rows. Costs m * r * n multiply-adds (n^2.5 when square), far below a dense n^3 product.
-    """
-    k, q, p = w1.shape
-    l, s, r = w2.shape
-    eye = jnp.eye(k, dtype=w1.dtype)
-    b1 = jnp.einsum("kqp,kj->kqjp", w1, eye).reshape(k * q, k * p)  # BlockDiag(w1)
-    b1 = jnp.swapaxes(b1.reshape(r, l, k * p), 0, 1)  # P_mid: row (r, l) -> (l, r)
-    z = jnp.einsum("lsr,lrn->sln", w2, b1, precision=jax.lax.Precision.HIGHEST)  # BlockDiag(w2), then P_out
-    return z.reshape(s * l, k * p)
-
-
-def reference(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
-    """``x @ M.T`` with the dense Monarch matrix, in f32 with the highest matmul precision."""
-    f32 = jnp.float32
-    dense = dense_matrix(w1.astype(f32), w2.astype(f32))
-    y = jnp.einsum("...n,mn->...m", x.astype(f32), dense, precision=jax.lax.Precision.HIGHEST)
-    return y.astype(jnp.result_type(x, w1, w2))

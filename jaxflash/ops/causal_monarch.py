@@ -59,7 +59,10 @@ of the DFT) and the map is the causal FFT convolution. These are the defaults of
 
 Public functions:
 
-- :func:`causal_monarch` ``(seq_len, n1, *, ell, r, roots)``: the factors of ``M`` and ``M^{-1}``.
+- :func:`causal_monarch` ``(seq_len, n1, *, ell, r, roots)``: the factors of ``M`` and ``M^{-1}``,
+  the parameters checked against (and multiplied by) the causal pattern.
+- :func:`polynomial_monarch` ``(ell, r, roots)``: the same factors for any parameters, unchecked: the
+  whole polynomial-basis family, causal only inside the pattern.
 - :func:`causal_monarch_masks` ``(seq_len, n1)``: where ``ell`` and ``r`` may be nonzero.
 - :func:`monarch_evaluate` / :func:`monarch_interpolate`: ``M x`` and ``M^{-1} z`` over the last axis.
 - :func:`causal_monarch_conv` ``(u, k, monarch)``: the depthwise causal map over
@@ -80,6 +83,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float
 
+from jaxflash.utils import is_traced
+
 __all__ = [
     "CausalMonarch",
     "causal_monarch",
@@ -87,6 +92,7 @@ __all__ = [
     "causal_monarch_masks",
     "monarch_evaluate",
     "monarch_interpolate",
+    "polynomial_monarch",
 ]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -133,10 +139,6 @@ def _check_sizes(seq_len: Any, n1: Any) -> int:
     return n // n1
 
 
-def _is_concrete(a: Any) -> bool:
-    return not isinstance(a, jax.core.Tracer)
-
-
 def _check_real(name: str, a: Any) -> None:
     if not (jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)):
         raise ValueError(
@@ -147,7 +149,7 @@ def _check_real(name: str, a: Any) -> None:
 
 def _check_pattern(name: str, a: Any, mask: np.ndarray, what: str) -> None:
     """Entries outside ``mask`` must be zero, and diagonal entries nonzero (checked when concrete)."""
-    if not _is_concrete(a):
+    if is_traced(a):
         return
     a = np.asarray(a)
     outside = np.abs(np.where(mask, 0.0, a))
@@ -165,7 +167,7 @@ def _check_pattern(name: str, a: Any, mask: np.ndarray, what: str) -> None:
 
 
 def _check_roots(roots: Any, n1: int, n0: int) -> None:
-    if not _is_concrete(roots):
+    if is_traced(roots):
         return
     x = np.asarray(roots, np.complex128) ** n0
     if not np.all(np.isfinite(x)) or np.any(np.abs(x) == 0):
@@ -235,6 +237,8 @@ def causal_monarch(
         r = np.eye(n0)
     if roots is None:
         roots = np.exp(-2j * np.pi * np.arange(n1) / n)
+    # Lists become float64/complex128 NumPy arrays: the checks below run in full precision.
+    ell, r, roots = (a if hasattr(a, "shape") else np.asarray(a) for a in (ell, r, roots))
     _check_real("ell", ell)
     _check_real("r", r)
     if jnp.shape(ell) not in ((n1, n1), (n0, n1, n1)):
@@ -255,6 +259,22 @@ def causal_monarch(
     rdtype = jnp.finfo(cdtype).dtype
     ell = jnp.broadcast_to(jnp.asarray(ell, rdtype) * ell_mask, (n0, n1, n1))
     return _build(ell, jnp.asarray(r, rdtype) * r_mask, jnp.asarray(roots, cdtype))
+
+
+def polynomial_monarch(
+    ell: Float[Array, "n0 n1 n1"], r: Float[Array, "n0 n0"], roots: Complex[Array, " n1"]
+) -> CausalMonarch:
+    """The factors of ``M`` and ``M^{-1}`` for the basis ``q_j(Z) = ell_{j0,j1}(Z^n0) r_{j0}(Z)`` at the
+    points ``roots[i0] * w^i1`` (module docstring), with nothing checked or masked.
+
+    ``ell`` and ``r`` are inverted by triangular solves (their upper parts ignored there), so
+    ``M^{-1}`` inverts ``M`` only for lower-triangular parameters with nonzero diagonals and distinct
+    ``roots**n0``; the map :func:`causal_monarch_conv` computes with them is causal only when they meet
+    the causal pattern too, which :func:`causal_monarch` enforces. This is the whole family, for
+    studying what each condition buys.
+    """
+    roots = jnp.asarray(roots)
+    return _build(jnp.asarray(ell), jnp.asarray(r), roots.astype(jnp.result_type(roots, jnp.complex64)))
 
 
 @jax.jit
@@ -287,12 +307,14 @@ def _check_last_axis(name: str, a: Any, n: int) -> None:
 
 def monarch_evaluate(x: Complex[Array, "*batch N"], monarch: CausalMonarch) -> Complex[Array, "*batch N"]:
     """``M x`` over the last axis: the values ``U(z_i)`` at the points, in point order ``i = i0 + n1 i1``."""
+    x = jnp.asarray(x)
     _check_last_axis("x", x, monarch.n1 * monarch.n0)
     return _evaluate(x, monarch)
 
 
 def monarch_interpolate(z: Complex[Array, "*batch N"], monarch: CausalMonarch) -> Complex[Array, "*batch N"]:
     """``M^{-1} z`` over the last axis: basis coefficients from values at the points."""
+    z = jnp.asarray(z)
     _check_last_axis("z", z, monarch.n1 * monarch.n0)
     return _interpolate(z, monarch)
 
@@ -326,7 +348,7 @@ def causal_monarch_conv(
     :func:`causal_monarch` it is the causal convolution ``y[t] = sum_s k[s] u[t - s]``.
 
     Args:
-      u: ``[batch, seq, channels]``, real.
+      u: ``[batch, seq, channels]``, real; array-likes are converted with ``jnp.asarray``, as is ``k``.
       k: ``[kernel_len, channels]``, real, ``kernel_len <= seq`` (zero-padded to ``seq``).
       monarch: factors from ``causal_monarch(seq, n1, ...)``.
 
@@ -334,9 +356,10 @@ def causal_monarch_conv(
       ``[batch, seq, channels]`` in the promoted dtype of ``u`` and ``k``. The imaginary part is
       dropped: for real ``ell`` and ``r`` the map is real, and the part dropped is round-off.
     """
+    u, k = jnp.asarray(u), jnp.asarray(k)
     for name, a in (("u", u), ("k", k)):
-        if not jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating):
-            raise ValueError(f"{name} must be a real floating-point array; got dtype {jnp.asarray(a).dtype}")
+        if not jnp.issubdtype(a.dtype, jnp.floating):
+            raise ValueError(f"{name} must be a real floating-point array; got dtype {a.dtype}")
     if jnp.ndim(u) != 3:
         raise ValueError(f"u must be [batch, seq, channels]; got u.shape={jnp.shape(u)}")
     batch, seq, chans = jnp.shape(u)
@@ -350,7 +373,7 @@ def causal_monarch_conv(
             f"the factors are for seq_len={monarch.seq_len} (N={2 * monarch.seq_len}) but u has seq={seq}; "
             f"build them with causal_monarch({seq}, n1)"
         )
-    return _conv(jnp.asarray(u), jnp.asarray(k), monarch)
+    return _conv(u, k, monarch)
 
 
 @jax.jit

@@ -19,13 +19,16 @@ Public functions:
 - :func:`project` ``(dense, nblocks)``: the Monarch matrix nearest to ``dense`` in Frobenius norm.
 - :func:`monarch_shapes` ``(n, m, nblocks)``: the factor shapes ``project`` and the layers use.
 
-Implementations of ``monarch_matmul``: ``"pallas"`` (fused kernel, GPU), ``"pallas_interpret"``,
-``"xla"`` (two batched einsums, the CPU path) and ``"reference"`` (the dense matrix).
+- :func:`reference` ``(x, w1, w2)``: ``x @ M.T`` with the dense matrix, the ground truth.
+
+Implementations of ``monarch_matmul``: ``"pallas"`` (fused kernel, GPU; config :class:`MonarchConfig`),
+``"pallas_interpret"``, ``"xla"`` (two batched einsums over row chunks, the CPU path; config
+:class:`MonarchXlaConfig`) and ``"reference"`` (the dense matrix).
 
 The causal Monarch map of M2-GPT (``u -> M^{-1} ((M k) * (M u))`` with evaluation/interpolation
 Monarch factors) lives in :mod:`jaxflash.ops.causal_monarch` and is re-exported here
-(:func:`causal_monarch`, :func:`causal_monarch_conv`, ...). The paper's own theorem was not available to
-this project: the family there is derived and proven in its docstring, with the DFT as one member.
+(:func:`causal_monarch`, :func:`causal_monarch_conv`, ...); the causal family and its proof are in that
+module's docstring, with the DFT as one member.
 """
 
 # The factor shapes keep the m2 paper's letters (k, q, p, l, s, r), so `l` is a name here.
@@ -33,9 +36,11 @@ this project: the family there is derived and proven in its docstring, with the 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -50,20 +55,31 @@ from jaxflash.ops.causal_monarch import (  # noqa: F401  (re-exported as jaxflas
     causal_monarch_masks,
     monarch_evaluate,
     monarch_interpolate,
+    polynomial_monarch,
 )
 from jaxflash.ops.registry import dispatch, register
 from jaxflash.pallas_kernels import monarch as _kernel
 from jaxflash.pallas_kernels.common import interpret_for
+from jaxflash.pallas_kernels.monarch import MonarchConfig
 
-__all__ = ["blockdiag_matmul", "monarch_matmul", "monarch_shapes", "project", "to_dense"]
+__all__ = [
+    "MonarchConfig",
+    "MonarchXlaConfig",
+    "blockdiag_matmul",
+    "monarch_matmul",
+    "monarch_shapes",
+    "project",
+    "reference",
+    "to_dense",
+]
 
 
 # --- validation -------------------------------------------------------------------------------------
 
 
 def _check_float(name: str, a: Any) -> None:
-    if not jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating-point array; got dtype {jnp.asarray(a).dtype}")
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating-point array; got dtype {a.dtype}")
 
 
 def _validate_factors(w1: Any, w2: Any) -> None:
@@ -101,19 +117,26 @@ def monarch_matmul(
     w1: Float[Array, "k q p"],
     w2: Float[Array, "l s r"],
     *,
-    implementation: str | None = None,
+    implementation: str | Sequence[str] | None = None,
+    config: MonarchConfig | MonarchXlaConfig | Mapping[str, Any] | None = None,
 ) -> Float[Array, "*batch m"]:
     """``x @ M.T`` for the Monarch matrix ``M = P_out . BlockDiag(w2) . P_mid . BlockDiag(w1)``.
 
     Args:
-      x: (..., n) with ``n = k * p``; any leading batch dimensions.
+      x: (..., n) with ``n = k * p``; any leading batch dimensions. Array-likes (NumPy arrays, lists)
+        are converted with ``jnp.asarray``, as are the factors.
       w1: (k, q, p), the first block-diagonal factor (k blocks of size q x p).
       w2: (l, s, r) with ``l * r = k * q``, the second (l blocks of size s x r).
       implementation: ``"pallas"``, ``"pallas_interpret"``, ``"xla"``, ``"reference"`` or None (best).
+      config: forwarded to the implementation that runs: a :class:`MonarchConfig` (tiles of the fused
+        kernel), a :class:`MonarchXlaConfig` (row chunks of the XLA path), or a mapping
+        ``{implementation: config}``; an implementation that takes no config of that type refuses the
+        call. None: each implementation's default.
 
     Returns:
       (..., l * s) in the promoted dtype of the inputs; products accumulate in f32.
     """
+    x, w1, w2 = jnp.asarray(x), jnp.asarray(w1), jnp.asarray(w2)
     _validate_factors(w1, w2)
     k, _, p = w1.shape
     l, s, _ = w2.shape
@@ -123,20 +146,38 @@ def monarch_matmul(
     batch = x.shape[:-1]
     if math.prod(batch) == 0:
         return jnp.zeros((*batch, l * s), dtype)
-    y = dispatch("monarch_matmul", implementation, x.reshape(-1, k * p), w1, w2)
+    y = dispatch("monarch_matmul", implementation, x.reshape(-1, k * p), w1, w2, config=config)
     return y.reshape(*batch, l * s)
 
 
-# Rows of x per step of the XLA path: the three block-leading transposes of a chunk of about this many
-# bytes stay in cache instead of streaming the whole [B, n] matrix through memory three times (on 2 CPU
-# cores one 64 MiB transpose costs about as much as one of the two batched matmuls at d = 4096).
-_CHUNK_BYTES = 2 << 20
+# --- "xla": two batched einsums over row chunks ---------------------------------------------------
 
 
-def _chunk_rows(rows: int, features: int, itemsize: int) -> int:
-    """Power-of-two row chunk (8..1024) for a [rows, features] operand, or ``rows`` when it is smaller."""
-    target = max(_CHUNK_BYTES // (features * itemsize), 8)
-    return min(rows, 1 << min(target.bit_length() - 1, 10))
+@dataclasses.dataclass(frozen=True)
+class MonarchXlaConfig:
+    """Row chunks of the XLA path; reach it through ``jaxflash.monarch_matmul(..., config=...)``.
+
+    Attributes:
+      chunk_bytes: bytes of one chunk of rows of the widest [rows, features] operand (an integer >= 1),
+        rounded to a power of two of rows between 8 and 1024. The block-leading transposes of a chunk
+        this size stay in cache instead of streaming the whole [B, n] matrix through memory three
+        times; on CPU a full-size transpose costs about as much as one of the two batched matmuls.
+    """
+
+    chunk_bytes: int = 2 << 20
+
+    def __post_init__(self):
+        v = self.chunk_bytes
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"MonarchXlaConfig.chunk_bytes must be an integer >= 1; got {v!r}")
+
+
+def _chunk_rows(x: jax.Array, w1: jax.Array, w2: jax.Array, chunk_bytes: int) -> int:
+    """Rows per chunk: a power of two (8..1024) of rows of the widest operand within ``chunk_bytes``, or
+    all the rows when there are fewer."""
+    width = max(x.shape[1], w1.shape[0] * w1.shape[1], w2.shape[0] * w2.shape[1])
+    target = max(chunk_bytes // (width * x.dtype.itemsize), 8)
+    return min(x.shape[0], 1 << min(target.bit_length() - 1, 10))
 
 
 def _scan_rows(
@@ -193,11 +234,6 @@ def _rows_bwd(x: jax.Array, dy: jax.Array, w1: jax.Array, w2: jax.Array):
     return jnp.swapaxes(dx3, 0, 1).reshape(-1, k * p).astype(x.dtype), dw1, dw2
 
 
-def _chunk_for(x: jax.Array, w1: jax.Array, w2: jax.Array) -> int:
-    width = max(x.shape[1], w1.shape[0] * w1.shape[1], w2.shape[0] * w2.shape[1])
-    return _chunk_rows(x.shape[0], width, x.dtype.itemsize)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _monarch_chunked(x: jax.Array, w1: jax.Array, w2: jax.Array, chunk: int) -> jax.Array:
     """The Monarch product of [rows, n] ``x``, ``chunk`` rows at a time, forward and backward."""
@@ -224,28 +260,32 @@ def _monarch_chunked_bwd(chunk, res, dy):
 _monarch_chunked.defvjp(_monarch_chunked_fwd, _monarch_chunked_bwd)
 
 
-@register("monarch_matmul", "xla")
-@jax.jit
-def _monarch_xla(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
-    return _monarch_chunked(x, w1, w2, _chunk_for(x, w1, w2))
+@register("monarch_matmul", "xla", config_type=MonarchXlaConfig)
+@functools.partial(jax.jit, static_argnames=("config",))
+def _monarch_xla(x: jax.Array, w1: jax.Array, w2: jax.Array, *, config: MonarchXlaConfig | None) -> jax.Array:
+    config = MonarchXlaConfig() if config is None else config
+    return _monarch_chunked(x, w1, w2, _chunk_rows(x, w1, w2, config.chunk_bytes))
+
+
+def _monarch_pallas(implementation: str) -> Callable[..., jax.Array]:
+    def call(x: jax.Array, w1: jax.Array, w2: jax.Array, *, config: MonarchConfig | None) -> jax.Array:
+        return _kernel.monarch_matmul(x, w1, w2, interpret=interpret_for(implementation), config=config)
+
+    return call
+
+
+# Written for the Triton lowering (TPU uses XLA). Not the default: on an H200 the XLA path's two batched
+# matmuls beat it at every size measured (BENCHMARKS.md).
+register("monarch_matmul", "pallas", platforms=("gpu",), default=False, config_type=MonarchConfig)(
+    _monarch_pallas("pallas")
+)
+register("monarch_matmul", "pallas_interpret", config_type=MonarchConfig)(_monarch_pallas("pallas_interpret"))
 
 
 @register("monarch_matmul", "reference")
 @jax.jit
 def _monarch_reference(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
-    return _kernel.reference(x, w1, w2)
-
-
-# Written for the Triton lowering (TPU uses XLA). Not the default: on an H200 (BENCHMARKS.md, 2026-11-30)
-# the XLA path's two batched matmuls beat it at every size (fwd 0.27x XLA at d=4096, 0.07x at d=16384).
-@register("monarch_matmul", "pallas", platforms=("gpu",), default=False)
-def _monarch_pallas(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
-    return _kernel.monarch_matmul(x, w1, w2, interpret=interpret_for("pallas"))
-
-
-@register("monarch_matmul", "pallas_interpret")
-def _monarch_pallas_interpret(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
-    return _kernel.monarch_matmul(x, w1, w2, interpret=interpret_for("pallas_interpret"))
+    return reference(x, w1, w2)
 
 
 # --- blockdiag_matmul -----------------------------------------------------------------------------
@@ -258,13 +298,14 @@ def blockdiag_matmul(
     outputs ``[i q, (i+1) q)``. M2-BERT's block-diagonal MLP (m2 ``blockdiag_multiply.py``).
 
     Args:
-      x: (..., nblocks * p).
+      x: (..., nblocks * p); array-likes are converted with ``jnp.asarray``, as is ``w``.
       w: (nblocks, q, p).
       implementation: ``"xla"``, ``"reference"`` or None.
 
     Returns:
       (..., nblocks * q) in the promoted dtype; products accumulate in f32.
     """
+    x, w = jnp.asarray(x), jnp.asarray(w)
     _check_float("w", w)
     if jnp.ndim(w) != 3 or min(jnp.shape(w)) == 0:
         raise ValueError(
@@ -304,12 +345,33 @@ def _blockdiag_reference(x: jax.Array, w: jax.Array) -> jax.Array:
 
 def to_dense(w1: Float[Array, "k q p"], w2: Float[Array, "l s r"]) -> Float[Array, "m n"]:
     """The Monarch matrix ``M`` (l*s, k*p) of the factors, so that ``monarch_matmul(x) == x @ M.T``."""
+    w1, w2 = jnp.asarray(w1), jnp.asarray(w2)
     _validate_factors(w1, w2)
     dtype = jnp.result_type(w1, w2)
     return _dense_matrix(jnp.asarray(w1, dtype), jnp.asarray(w2, dtype))
 
 
-_dense_matrix = jax.jit(_kernel.dense_matrix)
+@jax.jit
+def _dense_matrix(w1: jax.Array, w2: jax.Array) -> jax.Array:
+    """``M`` built from its definition. BlockDiag(w1) is materialized as an (k q, n) matrix; P_mid,
+    BlockDiag(w2) and P_out are applied to its rows: m * r * n multiply-adds (n^2.5 when square), far
+    below a dense n^3 product."""
+    k, q, p = w1.shape
+    l, s, r = w2.shape
+    eye = jnp.eye(k, dtype=w1.dtype)
+    b1 = jnp.einsum("kqp,kj->kqjp", w1, eye).reshape(k * q, k * p)  # BlockDiag(w1)
+    b1 = jnp.swapaxes(b1.reshape(r, l, k * p), 0, 1)  # P_mid: row (r, l) -> (l, r)
+    z = jnp.einsum("lsr,lrn->sln", w2, b1, precision=jax.lax.Precision.HIGHEST)  # BlockDiag(w2), then P_out
+    return z.reshape(s * l, k * p)
+
+
+def reference(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
+    """``x @ M.T`` over the last axis with the dense Monarch matrix, in f32 with the highest matmul
+    precision, returned in the promoted dtype: the ground truth of :func:`monarch_matmul`."""
+    f32 = jnp.float32
+    dense = _dense_matrix(jnp.asarray(w1, f32), jnp.asarray(w2, f32))
+    y = jnp.einsum("...n,mn->...m", jnp.asarray(x, f32), dense, precision=jax.lax.Precision.HIGHEST)
+    return y.astype(jnp.result_type(x, w1, w2))
 
 
 def monarch_shapes(n: int, m: int, nblocks: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -320,7 +382,7 @@ def monarch_shapes(n: int, m: int, nblocks: int) -> tuple[tuple[int, int, int], 
     square Monarch of the paper.
     """
     for name, v in (("n", n), ("m", m), ("nblocks", nblocks)):
-        if not isinstance(v, int | np.integer) or v <= 0:
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"{name} must be a positive integer; got {name}={v!r}")
     if n % nblocks or m % nblocks:
         raise ValueError(
@@ -355,12 +417,13 @@ def project(dense: Float[Array, "m n"], nblocks: int) -> tuple[jax.Array, jax.Ar
     Returns:
       ``(w1, w2)`` with ``to_dense(w1, w2)`` the projection, in ``dense``'s dtype (SVD in f32 at least).
     """
+    dense = jnp.asarray(dense)
     _check_float("dense", dense)
     if jnp.ndim(dense) != 2:
         raise ValueError(f"dense must be a 2-D (out, in) matrix; got dense.shape={jnp.shape(dense)}")
     m, n = jnp.shape(dense)
     monarch_shapes(n, m, nblocks)  # validates nblocks
-    return _project(jnp.asarray(dense), nblocks)
+    return _project(dense, int(nblocks))
 
 
 @functools.partial(jax.jit, static_argnums=1)

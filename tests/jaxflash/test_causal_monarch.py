@@ -102,8 +102,8 @@ def test_random_family_is_causal(seq, n1):
 
 @pytest.mark.parametrize("relax", ["no degree cap", "not triangular"])
 def test_relaxed_family_is_not_causal(relax):
-    """Each condition is needed: without it the perturbation test fails. The public constructor
-    rejects such parameters, so the factors are built by its private helper."""
+    """Each condition is needed: without it the perturbation test fails. causal_monarch rejects such
+    parameters, so the factors are built by polynomial_monarch, which checks nothing."""
     seq, n1 = 8, 4
     with jax.enable_x64(True):
         ell, r, roots = random_family(7, seq, n1)
@@ -112,7 +112,7 @@ def test_relaxed_family_is_not_causal(relax):
             ell
             + (np.tril(noise) if relax == "no degree cap" else noise) * ~cm.causal_monarch_masks(seq, n1)[0]
         )
-        monarch = cm._build(jnp.asarray(ell), jnp.asarray(r), jnp.asarray(roots))
+        monarch = cm.polynomial_monarch(jnp.asarray(ell), jnp.asarray(r), jnp.asarray(roots))
         rng = np.random.default_rng(2)
         u, k = rng.standard_normal((1, seq, 2)), rng.standard_normal((seq, 2))
         u2 = u.copy()
@@ -140,6 +140,16 @@ def test_random_family_is_a_polynomial_product(seq, n1):
         prod = np.stack([[np.convolve(ck[:, ch], cu[b, :, ch])[:n] for ch in range(3)] for b in range(2)])
         expected = np.linalg.solve(c, prod.transpose(2, 0, 1).reshape(n, -1)).reshape(n, 2, 3)
         assert_close(y, expected.transpose(1, 0, 2)[:, :seq], **F64_TOL)
+
+
+def test_polynomial_monarch_of_causal_parameters_is_causal_monarch():
+    seq, n1 = 9, 6
+    with jax.enable_x64(True):
+        ell, r, roots = random_family(5, seq, n1)
+        built = cm.causal_monarch(seq, n1, ell=ell, r=r, roots=roots)
+        unchecked = cm.polynomial_monarch(jnp.asarray(ell), jnp.asarray(r), jnp.asarray(roots))
+        for a, b in zip(built, unchecked, strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-12)
 
 
 def test_jit_matches_eager_and_traced_parameters_are_masked():
@@ -214,6 +224,14 @@ def test_conv_rejects_bad_shapes(u_shape, k_shape, match):
     monarch = cm.causal_monarch(8, 4)
     with pytest.raises(ValueError, match=match):
         cm.causal_monarch_conv(jnp.ones(u_shape), jnp.ones(k_shape), monarch)
+
+
+def test_conv_accepts_array_likes():
+    monarch = cm.causal_monarch(8, 4)
+    u = np.random.default_rng(0).standard_normal((2, 8, 3)).astype(np.float32)
+    k = np.random.default_rng(1).standard_normal((8, 3)).astype(np.float32)
+    y = cm.causal_monarch_conv(u.tolist(), k.tolist(), monarch)
+    assert_close(y, numpy_causal_conv(u, k), **F32_TOL)
 
 
 def test_conv_rejects_integer_input_and_bad_vectors():

@@ -15,7 +15,9 @@ import scipy.linalg
 
 import jaxflash
 from jaxflash import monarch
-from jaxflash.testing import assert_close, assert_grads_close, random_normal
+from jaxflash.ops.monarch import MonarchConfig, MonarchXlaConfig
+from jaxflash.testing import assert_close, assert_grads_close
+from jaxflash.testing.monarch import float64_monarch, pooled_normals, random_factors, square_factors
 
 SQUARE_N = (16, 64, 256, 1024, 4096)
 # (w1 shape (k, q, p), w2 shape (l, s, r)) with l * r == k * q: rectangular, unequal and odd blocks.
@@ -26,30 +28,6 @@ RECT_SHAPES = [
     ((8, 8, 4), (8, 16, 8)),
     ((7, 3, 11), (3, 13, 7)),
 ]
-
-
-_POOL = 1 << 20
-
-
-def _normals(key, *shapes, dtype=jnp.float32):
-    """Independent standard normals of the given shapes, cut from one draw of a fixed size.
-
-    Threefry compiles once per distinct shape, and for 3-D shapes that takes seconds on a loaded CPU;
-    a fixed-size draw compiles once per session.
-    """
-    flat = np.asarray(random_normal(key, (_POOL,)))
-    out, start = [], 0
-    for shape in shapes:
-        size = int(np.prod(shape))
-        out.append(jnp.asarray(flat[start : start + size].reshape(shape), dtype))
-        start += size
-    return out
-
-
-def _factors(key, w1_shape, w2_shape, dtype=jnp.float32):
-    """Random factors scaled by 1/sqrt(block fan-in), so outputs have unit scale."""
-    w1, w2 = _normals(key, w1_shape, w2_shape)
-    return (w1 * w1_shape[2] ** -0.5).astype(dtype), (w2 * w2_shape[2] ** -0.5).astype(dtype)
 
 
 def _dense_by_definition(w1, w2) -> np.ndarray:
@@ -76,7 +54,7 @@ def _dense_by_definition(w1, w2) -> np.ndarray:
 
 @pytest.mark.parametrize("shapes", [((4, 4, 4), (4, 4, 4)), ((8, 8, 8), (8, 8, 8)), *RECT_SHAPES])
 def test_to_dense_matches_the_definition(key, shapes):
-    w1, w2 = _factors(key, *shapes)
+    w1, w2 = random_factors(key, *shapes)
     assert_close(monarch.to_dense(w1, w2), _dense_by_definition(w1, w2), scale=2)
 
 
@@ -84,8 +62,8 @@ def test_to_dense_matches_the_definition(key, shapes):
 def test_square_matches_m2_single_einsum_form(key, b):
     # m2 version=1: einsum('bkp,kqp,qlk->blq') over x reshaped (batch, k, p), for k=q=p=l=s=r.
     kx, kw = jax.random.split(key)
-    w1, w2 = _factors(kw, (b, b, b), (b, b, b))
-    x = _normals(kx, (5, b * b))[0]
+    w1, w2 = random_factors(kw, (b, b, b), (b, b, b))
+    x = pooled_normals(kx, (5, b * b))[0]
     x64, w1_64, w2_64 = (np.asarray(a, np.float64) for a in (x, w1, w2))
     expected = np.einsum("bkp,kqp,qlk->blq", x64.reshape(5, b, b), w1_64, w2_64).reshape(5, b * b)
     for impl in ("xla", "reference"):
@@ -99,8 +77,8 @@ def test_square_matches_m2_single_einsum_form(key, b):
 def test_square_forms_agree(key, n):
     b = int(round(n**0.5))
     kx, kw = jax.random.split(key)
-    w1, w2 = _factors(kw, (b, b, b), (b, b, b))
-    x = _normals(kx, (3, n))[0]
+    w1, w2 = random_factors(kw, (b, b, b), (b, b, b))
+    x = pooled_normals(kx, (3, n))[0]
     ref = jaxflash.monarch_matmul(x, w1, w2, implementation="reference")
     assert_close(jaxflash.monarch_matmul(x, w1, w2, implementation="xla"), ref, scale=4)
     if n <= 256:  # the float64 definition builds n x n permutation matrices and multiplies them
@@ -113,10 +91,10 @@ RECT_BATCHES = [(), (7,), (2, 3), (1, 2, 3), (5,)]
 @pytest.mark.parametrize(("shapes", "batch"), list(zip(RECT_SHAPES, RECT_BATCHES, strict=True)))
 def test_rectangular_forms_agree_over_batch_dims(key, shapes, batch):
     kx, kw = jax.random.split(key)
-    w1, w2 = _factors(kw, *shapes)
+    w1, w2 = random_factors(kw, *shapes)
     n = shapes[0][0] * shapes[0][2]
     m = shapes[1][0] * shapes[1][1]
-    x = _normals(kx, (*batch, n))[0]
+    x = pooled_normals(kx, (*batch, n))[0]
     expected = np.asarray(x, np.float64) @ _dense_by_definition(w1, w2).T
     for impl in ("xla", "reference", None):
         y = jaxflash.monarch_matmul(x, w1, w2, implementation=impl)
@@ -127,15 +105,15 @@ def test_rectangular_forms_agree_over_batch_dims(key, shapes, batch):
 def test_kernel_implementation_agrees_through_public_api(key):
     # The fused kernel's family (l == q, r == k, all >= 16); its own tests live in tests/pallas_kernels.
     kx, kw = jax.random.split(key)
-    w1, w2 = _factors(kw, (16, 16, 16), (16, 16, 16))
-    x = _normals(kx, (2, 3, 256))[0]
+    w1, w2 = random_factors(kw, (16, 16, 16), (16, 16, 16))
+    x = pooled_normals(kx, (2, 3, 256))[0]
     ref = jaxflash.monarch_matmul(x, w1, w2, implementation="reference")
     assert_close(jaxflash.monarch_matmul(x, w1, w2, implementation="pallas_interpret"), ref, scale=4)
 
 
 def test_kernel_refuses_shapes_outside_its_family(key):
-    w1, w2 = _factors(key, *RECT_SHAPES[1])  # l=4 != q=6
-    x = _normals(key, (2, 10))[0]
+    w1, w2 = random_factors(key, *RECT_SHAPES[1])  # l=4 != q=6
+    x = pooled_normals(key, (2, 10))[0]
     with pytest.raises(NotImplementedError, match="l == q and r == k"):
         jaxflash.monarch_matmul(x, w1, w2, implementation="pallas_interpret")
 
@@ -154,8 +132,8 @@ def test_default_implementation_on_cpu_is_xla_and_registered():
 @pytest.mark.parametrize("impl", ["xla", "reference"])
 def test_bf16_against_f32_reference(key, impl):
     kx, kw = jax.random.split(key)
-    w1, w2 = _factors(kw, (16, 16, 16), (16, 16, 16))
-    x = _normals(kx, (4, 256))[0]
+    w1, w2 = random_factors(kw, (16, 16, 16), (16, 16, 16))
+    x = pooled_normals(kx, (4, 256))[0]
     ref = jaxflash.monarch_matmul(x, w1, w2, implementation="reference")
     y = jaxflash.monarch_matmul(
         x.astype(jnp.bfloat16), w1.astype(jnp.bfloat16), w2.astype(jnp.bfloat16), implementation=impl
@@ -166,14 +144,14 @@ def test_bf16_against_f32_reference(key, impl):
 
 
 def test_mixed_dtypes_promote(key):
-    w1, w2 = _factors(key, (4, 4, 4), (4, 4, 4))
-    x = _normals(key, (2, 16), dtype=jnp.bfloat16)[0]
+    w1, w2 = random_factors(key, (4, 4, 4), (4, 4, 4))
+    x = pooled_normals(key, (2, 16), dtype=jnp.bfloat16)[0]
     assert jaxflash.monarch_matmul(x, w1, w2).dtype == jnp.float32
 
 
 def test_jit_matches_eager_and_empty_batch(key):
-    w1, w2 = _factors(key, *RECT_SHAPES[1])
-    x = _normals(key, (5, 10))[0]
+    w1, w2 = random_factors(key, *RECT_SHAPES[1])
+    x = pooled_normals(key, (5, 10))[0]
     f = jax.jit(lambda x, w1, w2: jaxflash.monarch_matmul(x, w1, w2, implementation="xla"))
     assert_close(f(x, w1, w2), jaxflash.monarch_matmul(x, w1, w2, implementation="xla"))
     assert jaxflash.monarch_matmul(jnp.zeros((0, 10)), w1, w2).shape == (0, 28)
@@ -185,8 +163,8 @@ def test_jit_matches_eager_and_empty_batch(key):
 @pytest.mark.parametrize("shapes", [((8, 8, 8), (8, 8, 8)), RECT_SHAPES[0], RECT_SHAPES[4]])
 def test_xla_gradients_match_reference_autodiff(key, shapes):
     kx, kw, kc = jax.random.split(key, 3)
-    w1, w2 = _factors(kw, *shapes)
-    x = _normals(kx, (6, shapes[0][0] * shapes[0][2]))[0]
+    w1, w2 = random_factors(kw, *shapes)
+    x = pooled_normals(kx, (6, shapes[0][0] * shapes[0][2]))[0]
 
     def f(impl):
         return lambda x, w1, w2: jaxflash.monarch_matmul(x, w1, w2, implementation=impl)
@@ -195,18 +173,24 @@ def test_xla_gradients_match_reference_autodiff(key, shapes):
 
 
 @pytest.mark.parametrize(
-    ("shapes", "rows", "chunk"), [(((8, 8, 8), (8, 8, 8)), 37, 8), (RECT_SHAPES[4], 20, 16)]
+    ("shapes", "rows", "chunk_bytes"),
+    [
+        (((8, 8, 8), (8, 8, 8)), 37, 8 * 64 * 4),  # chunks of 8 rows of 64 f32 features, a remainder of 5
+        (RECT_SHAPES[4], 20, 16 * 77 * 4),  # chunks of 16 rows of 77 features, a remainder of 4
+        (((8, 8, 8), (8, 8, 8)), 37, 1),  # the floor: chunks of 8 rows
+        (((8, 8, 8), (8, 8, 8)), 37, 1 << 30),  # one chunk
+    ],
 )
-def test_row_chunked_xla_path_matches_reference(key, shapes, rows, chunk):
-    """The XLA path's row chunks (lax.map forward, scan-accumulated weight gradients, a remainder chunk)."""
-    from jaxflash.ops.monarch import _monarch_chunked
-
+def test_row_chunks_of_any_size_match_the_reference(key, shapes, rows, chunk_bytes):
+    """The XLA path's row chunks (a scan forward, scan-accumulated weight gradients, a remainder chunk),
+    chosen through its config: every chunk size gives the reference's product and gradients."""
     kx, kw, kc = jax.random.split(key, 3)
-    w1, w2 = _factors(kw, *shapes)
-    x = _normals(kx, (rows, shapes[0][0] * shapes[0][2]))[0]
+    w1, w2 = random_factors(kw, *shapes)
+    x = pooled_normals(kx, (rows, shapes[0][0] * shapes[0][2]))[0]
+    config = MonarchXlaConfig(chunk_bytes=chunk_bytes)
 
     def chunked(x, w1, w2):
-        return _monarch_chunked(x, w1, w2, chunk)
+        return jaxflash.monarch_matmul(x, w1, w2, implementation="xla", config=config)
 
     def reference(x, w1, w2):
         return jaxflash.monarch_matmul(x, w1, w2, implementation="reference")
@@ -215,13 +199,23 @@ def test_row_chunked_xla_path_matches_reference(key, shapes, rows, chunk):
     assert_grads_close(chunked, reference, (x, w1, w2), key=kc, scale=4)
 
 
-def test_chunk_rows_policy():
-    from jaxflash.ops.monarch import _chunk_rows
+@pytest.mark.parametrize("chunk_bytes", [0, -5, 2.0, True])
+def test_xla_config_validates_chunk_bytes(chunk_bytes):
+    with pytest.raises(ValueError, match="MonarchXlaConfig.chunk_bytes must be an integer >= 1"):
+        MonarchXlaConfig(chunk_bytes=chunk_bytes)
 
-    assert _chunk_rows(4096, 4096, 4) == 128  # 2 MiB of f32 rows
-    assert _chunk_rows(4096, 16, 4) == 1024  # capped
-    assert _chunk_rows(4096, 1 << 20, 4) == 8  # floored
-    assert _chunk_rows(5, 4096, 4) == 5  # fewer rows than a chunk: one call
+
+def test_config_reaches_only_its_implementation(key):
+    w1, w2 = random_factors(key, (4, 4, 4), (4, 4, 4))
+    x = pooled_normals(key, (3, 16))[0]
+    with pytest.raises(NotImplementedError, match="MonarchXlaConfig"):
+        jaxflash.monarch_matmul(x, w1, w2, implementation="xla", config=MonarchConfig())
+    with pytest.raises(NotImplementedError, match="takes no config"):
+        jaxflash.monarch_matmul(x, w1, w2, implementation="reference", config=MonarchXlaConfig())
+    with pytest.raises(TypeError, match="not a config of 'monarch_matmul'"):
+        jaxflash.monarch_matmul(x, w1, w2, config=object())
+    y = jaxflash.monarch_matmul(x, w1, w2, config={"xla": MonarchXlaConfig(chunk_bytes=1)})
+    assert_close(y, monarch.reference(x, w1, w2), scale=4)
 
 
 # --- projection -------------------------------------------------------------------------------------
@@ -232,7 +226,7 @@ def test_chunk_rows_policy():
     [(64, 64, 8), (64, 64, 4), (64, 64, 2), (32, 64, 4), (96, 48, 4), (48, 32, 4), (36, 36, 6), (16, 16, 1)],
 )
 def test_projection_recovers_a_monarch_matrix(key, n, m, nblocks):
-    w1, w2 = _factors(key, *monarch.monarch_shapes(n, m, nblocks))
+    w1, w2 = random_factors(key, *monarch.monarch_shapes(n, m, nblocks))
     dense = monarch.to_dense(w1, w2)
     p1, p2 = monarch.project(dense, nblocks)
     assert p1.shape == w1.shape and p2.shape == w2.shape
@@ -244,7 +238,7 @@ def test_projection_error_is_monotone_in_the_number_of_blocks(key):
     # the coarser grid is a union of finer ones with the same total rank budget, for b^2 <= n), so the
     # best-approximation error can only grow with b along 1 | 2 | 4 | 8 | 16, and is 0 at b = 1.
     n = 256
-    dense = _normals(key, (n, n))[0]
+    dense = pooled_normals(key, (n, n))[0]
     errs = []
     for nb in (1, 2, 4, 8, 16):
         w1, w2 = monarch.project(dense, nb)
@@ -258,7 +252,7 @@ def test_projection_error_is_monotone_in_the_number_of_blocks(key):
 @pytest.mark.parametrize(("n", "m", "nblocks"), [(64, 64, 8), (48, 32, 4)])
 def test_projection_is_the_nearest_point(key, n, m, nblocks):
     kd, kp = jax.random.split(key)
-    dense = _normals(kd, (m, n))[0]
+    dense = pooled_normals(kd, (m, n))[0]
     w1, w2 = monarch.project(dense, nblocks)
     proj = monarch.to_dense(w1, w2)
     resid = dense - proj
@@ -271,7 +265,7 @@ def test_projection_is_the_nearest_point(key, n, m, nblocks):
     best = float(jnp.linalg.norm(resid))
     for i, kk in enumerate(jax.random.split(kp, 4)):
         eps = 10.0 ** -(i + 1)
-        n1, n2 = _normals(kk, w1.shape, w2.shape)
+        n1, n2 = pooled_normals(kk, w1.shape, w2.shape)
         d1, d2 = w1 + eps * n1, w2 + eps * n2
         assert float(jnp.linalg.norm(dense - monarch.to_dense(d1, d2))) >= best * (1 - 1e-6)
 
@@ -288,8 +282,8 @@ def test_monarch_shapes_follow_fly_layout():
 @pytest.mark.parametrize(("w_shape", "batch"), [((4, 3, 5), ()), ((1, 7, 7), (6,)), ((8, 16, 8), (2, 3))])
 def test_blockdiag_matches_block_diag_matrix(key, w_shape, batch):
     kx, kw = jax.random.split(key)
-    w = _normals(kw, w_shape)[0] * w_shape[2] ** -0.5
-    x = _normals(kx, (*batch, w_shape[0] * w_shape[2]))[0]
+    w = pooled_normals(kw, w_shape)[0] * w_shape[2] ** -0.5
+    x = pooled_normals(kx, (*batch, w_shape[0] * w_shape[2]))[0]
     expected = np.asarray(x, np.float64) @ scipy.linalg.block_diag(*np.asarray(w, np.float64)).T
     for impl in ("xla", "reference", None):
         assert_close(jaxflash.blockdiag_matmul(x, w, implementation=impl), expected, scale=4)
@@ -297,8 +291,8 @@ def test_blockdiag_matches_block_diag_matrix(key, w_shape, batch):
 
 def test_blockdiag_gradients(key):
     kx, kw, kc = jax.random.split(key, 3)
-    w = _normals(kw, (4, 3, 5))[0]
-    x = _normals(kx, (3, 20))[0]
+    w = pooled_normals(kw, (4, 3, 5))[0]
+    x = pooled_normals(kx, (3, 20))[0]
 
     def f(impl):
         return lambda x, w: jaxflash.blockdiag_matmul(x, w, implementation=impl)
@@ -326,6 +320,24 @@ def test_bad_monarch_inputs_raise_value_errors_naming_shapes():
         monarch.to_dense(w1, jnp.ones((3, 4, 4)))
 
 
+def test_array_likes_are_converted_explicitly(key):
+    w1, w2 = random_factors(key, (3, 5, 2), (5, 4, 3))
+    x = pooled_normals(key, (2, 6))[0]
+    want = jaxflash.monarch_matmul(x, w1, w2)
+    assert_close(jaxflash.monarch_matmul(np.asarray(x).tolist(), np.asarray(w1).tolist(), w2), want)
+    w = pooled_normals(key, (2, 3, 3))[0]
+    y = jaxflash.blockdiag_matmul(np.asarray(x).tolist(), np.asarray(w).tolist())
+    assert_close(y, jaxflash.blockdiag_matmul(x, w))
+
+
+@pytest.mark.parametrize("nblocks", [4.0, True, "4", 0])
+def test_non_integer_nblocks_raise(nblocks):
+    with pytest.raises(ValueError, match=r"nblocks must be a positive integer; got nblocks="):
+        monarch.monarch_shapes(16, 16, nblocks)
+    with pytest.raises(ValueError, match="nblocks must be a positive integer"):
+        monarch.project(jnp.ones((16, 16)), nblocks)
+
+
 def test_bad_projection_and_blockdiag_inputs():
     with pytest.raises(ValueError, match=r"nblocks=3 must divide both the input size n=16 and .* m=16"):
         monarch.project(jnp.ones((16, 16)), 3)
@@ -350,16 +362,16 @@ def test_bench_suite_builds_and_its_float64_reference_agrees(key):
         (1024, "fwd+bwd"),
     ]
     assert cases[0].config["FLOP ratio"] == "8x" and cases[0].baseline == "dense jnp.matmul"
-    w1, w2 = bench._factors(256, seed=1)
-    x = _normals(key, (8, 256))[0]
-    expected = bench._monarch_f64(np.asarray(x), w1, w2)
+    w1, w2 = square_factors(256, seed=1)
+    x = pooled_normals(key, (8, 256))[0]
+    expected = float64_monarch(np.asarray(x), w1, w2)
     assert_close(jaxflash.monarch_matmul(x, w1, w2, implementation="reference"), expected, scale=4)
 
 
 def test_forward_mode_needs_the_reference_path(key):
     """The fast path's custom VJP gives reverse mode only (README, known issues); the reference has jvp."""
-    w1, w2 = _factors(key, (4, 4, 4), (4, 4, 4))
-    x = _normals(key, (3, 16))[0]
+    w1, w2 = random_factors(key, (4, 4, 4), (4, 4, 4))
+    x = pooled_normals(key, (3, 16))[0]
     tangent = jnp.ones_like(x)
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(lambda x: jaxflash.monarch_matmul(x, w1, w2, implementation="xla"), (x,), (tangent,))

@@ -21,6 +21,8 @@ from jax._src.pallas.triton import gpu_info, pallas_call_registration
 
 import jaxflash
 from jaxflash import utils
+from jaxflash.ops.fftconv import FFTConvConfig
+from jaxflash.ops.monarch import MonarchConfig
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 # jax 0.11.2 warns on every Triton lowering that Pallas's Triton backend is deprecated in favour of Mosaic
@@ -35,14 +37,19 @@ def as_gpu(monkeypatch):
     monkeypatch.setattr(utils, "current_platform", lambda: "gpu")
 
 
-def triton_calls(fn, *avals) -> int:
-    """Exports ``fn`` for CUDA and returns how many Triton kernels its module calls."""
+def cuda_module(fn, *avals) -> str:
+    """The StableHLO module of ``fn`` exported for CUDA, its Triton calls included."""
     exported = export.export(
         jax.jit(fn),
         platforms=["cuda"],
         disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON_CALL)],
     )(*avals)
-    return exported.mlir_module().count(f"@{TRITON_CALL}(")
+    return exported.mlir_module()
+
+
+def triton_calls(fn, *avals) -> int:
+    """Exports ``fn`` for CUDA and returns how many Triton kernels its module calls."""
+    return cuda_module(fn, *avals).count(f"@{TRITON_CALL}(")
 
 
 def with_grads(fn, argnums):
@@ -94,3 +101,25 @@ def test_monarch_kernel_lowers_to_triton(as_gpu):
 
     x, w = spec((256, 1024)), spec((32, 32, 32))
     assert triton_calls(with_grads(monarch, (0, 1, 2)), x, w, w) >= 2
+
+
+@pytest.mark.parametrize("block_rows,programs", [(4, 2), (2, 4)])  # 8 batch rows in blocks of block_rows
+def test_fftconv_config_reaches_the_compiled_kernel(as_gpu, block_rows, programs):
+    config = FFTConvConfig(block_rows=block_rows)
+
+    def conv(u, k):
+        return jaxflash.fftconv(u, k, implementation="pallas", config=config)
+
+    module = cuda_module(conv, spec((8, 1000, 16)), spec((1000, 16)))
+    assert f"grid_x = 16 : i32, grid_y = {programs} : i32" in module  # (channels, batch blocks)
+
+
+@pytest.mark.parametrize("block_rows,programs", [(16, 16), (32, 8)])  # 256 rows in blocks of block_rows
+def test_monarch_config_reaches_the_compiled_kernel(as_gpu, block_rows, programs):
+    config = MonarchConfig(block_rows=block_rows)
+
+    def monarch(x, w1, w2):
+        return jaxflash.monarch_matmul(x, w1, w2, implementation="pallas", config=config)
+
+    module = cuda_module(monarch, spec((256, 1024)), spec((32, 32, 32)), spec((32, 32, 32)))
+    assert f"grid_x = {programs} : i32, grid_y = 32 : i32" in module  # (row blocks, output blocks)
