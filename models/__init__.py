@@ -1,1 +1,92 @@
-"""Flax NNX sequence models built on jaxflash's public ops. Installed as ``jaxflash.models``."""
+"""Flax NNX sequence models built on jaxflash's public ops. Installed as ``jaxflash.models``.
+
+Models (``tokens [batch, seq] -> logits [batch, seq, vocab]``, each with ``init_state`` / ``step`` for
+generation where it is causal) and their configs::
+
+    LanguageModel(LMConfig)      Transformer, H3, Hyena, long-convolution LMs and hybrids
+    M2GPT(M2Config)              causal Monarch Mixer LM (causal=True)
+    M2Bert(M2Config)             Monarch Mixer BERT encoder with MLM head and pooler
+    Parcae(ParcaeConfig)         looped LM with a stable diagonal injection
+
+Presets are functions returning configs (``tiny_lm("hyena")``, ``hyena_153m()``); ``PRESETS`` maps
+their names to them. The layers compose into other models: the mixers (``Attention``, ``H3``,
+``HyenaOperator``, ``LongConv``, ``M2Mixer``) share ``__call__`` / ``init_state`` / ``step``, and
+``Block`` wraps any of them with an ``MLP`` (see ``transformer.py``).
+"""
+
+from jaxflash.models.config import (
+    GPT2_VOCAB,
+    M2_FILTER,
+    PARCAE_ATTENTION,
+    PRESETS,
+    AttentionConfig,
+    H3Config,
+    HyenaConfig,
+    LMConfig,
+    LongConvConfig,
+    M2Config,
+    ParcaeConfig,
+    gpt2_125m,
+    h3_125m,
+    hyena_153m,
+    m2_bert_80m,
+    m2_bert_tiny,
+    m2_gpt_tiny,
+    parcae_140m,
+    parcae_tiny,
+    tiny_lm,
+)
+from jaxflash.models.h3 import H3, SSMParam
+from jaxflash.models.hyena import HyenaFilter, HyenaOperator, ShortConv
+from jaxflash.models.lm import M2GPT, DecoderLM, LanguageModel
+from jaxflash.models.long_conv import LongConv
+from jaxflash.models.m2 import BlockDiagGLU, M2Bert, M2Mixer
+from jaxflash.models.monarch import BlockDiagLinear, MonarchLinear
+from jaxflash.models.parcae import NoDecayParam, Parcae
+from jaxflash.models.transformer import MLP, Attention, Block, rope, step_blocks
+from jaxflash.models.validation import parameter_count
+
+__all__ = [
+    "GPT2_VOCAB",
+    "M2GPT",
+    "M2_FILTER",
+    "MLP",
+    "PARCAE_ATTENTION",
+    "PRESETS",
+    "H3",
+    "Attention",
+    "AttentionConfig",
+    "Block",
+    "BlockDiagGLU",
+    "BlockDiagLinear",
+    "DecoderLM",
+    "H3Config",
+    "HyenaConfig",
+    "HyenaFilter",
+    "HyenaOperator",
+    "LMConfig",
+    "LanguageModel",
+    "LongConv",
+    "LongConvConfig",
+    "M2Bert",
+    "M2Config",
+    "M2Mixer",
+    "MonarchLinear",
+    "NoDecayParam",
+    "Parcae",
+    "ParcaeConfig",
+    "SSMParam",
+    "ShortConv",
+    "gpt2_125m",
+    "h3_125m",
+    "hyena_153m",
+    "m2_bert_80m",
+    "m2_bert_tiny",
+    "m2_gpt_tiny",
+    "parameter_count",
+    "parcae_140m",
+    "parcae_tiny",
+    "rope",
+    "step_blocks",
+    "tiny_lm",
+]

@@ -1,9 +1,14 @@
 """Configurations of the sequence models, with the papers' presets and tiny CPU presets.
 
 Every config is a frozen dataclass validated at construction: a bad value (heads not dividing the
-width, an odd FFT size, a loop count below one, ...) raises ``ValueError`` saying what to change,
-before any parameter is allocated. Presets are small functions returning configs; ``PRESETS`` maps
-their names to them (``PRESETS["hyena_153m"]()``).
+width, an odd FFT size, a loop count below one, a NaN or negative scale, ...) raises ``ValueError``
+saying what to change, before any parameter is allocated. Presets are small functions returning
+configs; ``PRESETS`` maps their names to them (``PRESETS["hyena_153m"]()``).
+
+The three model families share their top-level names: ``vocab_size``, ``d_model``, ``d_inner`` (the
+MLP's hidden width, safari's name; m2 and parcae call it ``intermediate_size``), ``max_seq_len``,
+``norm_eps``, ``init_std``, ``dtype``, ``implementation``; and they hold their mixers' settings as the
+mixers' own configs (``LMConfig.hyena``, ``M2Config.hyena``, ``ParcaeConfig.attention``).
 
 Sources of the preset sizes (``shared/reference/models.md``): safari ``configs/experiment/pile/*.yaml``
 (H3 125M, Hyena 153M), m2 ``bert/yamls/pretrain`` (M2-BERT 80M), parcae ``parcae_lm/configs`` (140M),
@@ -13,6 +18,9 @@ GPT-2 small for the Transformer.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +36,33 @@ DISCRETIZATIONS = ("bilinear", "zoh")
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# The float checks are written `not (... value > 0)` rather than `value <= 0`: every comparison with
+# NaN is False, so only the positive form refuses it.
+def _positive_float(name: str, value: Any) -> None:
+    if not (_is_real(value) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+
+
+def _non_negative_float(name: str, value: Any) -> None:
+    if not (_is_real(value) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+
+
+def _finite(name: str, value: Any) -> None:
+    if not (_is_real(value) and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+
+
+def _rate(name: str, value: Any) -> None:
+    """A dropout rate."""
+    if not (_is_real(value) and 0 <= value < 1):
+        raise ValueError(f"{name} must lie in [0, 1); got {value!r}")
 
 
 def _divides(what: str, divisor: int, total_name: str, total: int) -> None:
@@ -48,7 +83,7 @@ def _check_dtype(name: str, value: str) -> None:
         raise ValueError(f"{name}={value!r} must be a floating dtype ('float32', 'bfloat16', 'float16')")
 
 
-def _check_fft_size(fft_size: int | None, seq_len: int, causal: bool = True) -> None:
+def _check_fft_size(fft_size: int | None, seq_len: int) -> None:
     if fft_size is None:
         return
     if not isinstance(fft_size, int) or fft_size < 2 or fft_size % 2:
@@ -79,8 +114,7 @@ class AttentionConfig:
         if self.num_kv_heads is not None:
             _positive("num_kv_heads", self.num_kv_heads)
             _divides("num_kv_heads", self.num_kv_heads, "num_heads", self.num_heads)
-        if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta must be positive; got {self.rope_theta}")
+        _positive_float("rope_theta", self.rope_theta)
 
     @property
     def kv_heads(self) -> int:
@@ -112,8 +146,10 @@ class H3Config:
                 f"d_state={self.d_state} must be even: the diagonal SSM keeps d_state/2 conjugate pairs"
             )
         _positive("head_dim", self.head_dim)
-        if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max; got dt_min={self.dt_min}, dt_max={self.dt_max}")
+        _positive_float("dt_min", self.dt_min)
+        _positive_float("dt_max", self.dt_max)
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"need dt_min <= dt_max; got dt_min={self.dt_min}, dt_max={self.dt_max}")
         if self.discretization not in DISCRETIZATIONS:
             raise ValueError(f"discretization={self.discretization!r}; choose one of {DISCRETIZATIONS}")
 
@@ -122,7 +158,7 @@ class H3Config:
 class HyenaConfig:
     """Hyena operator and implicit filter (Poli et al. 2023). safari ``hyena.yaml``/``hyena-filter.yaml``."""
 
-    order: int = 2  # N: N+1 projections, N-1 long convolutions (the code's convention, safari#9)
+    order: int = 2  # N: N+1 projections, N-1 long convolutions (safari's convention; see models/hyena.py)
     filter_order: int = 64  # width of the filter FFN
     emb_dim: int = 3  # positional-encoding width: [t, cos, -sin] bands; odd, >= 3
     sine_freq: float = 1.0  # w: initial value of the shared Sin frequency vector (Pile config: 14)
@@ -141,13 +177,18 @@ class HyenaConfig:
         _positive("emb_dim", self.emb_dim)
         if self.emb_dim < 3 or self.emb_dim % 2 == 0:
             raise ValueError(f"emb_dim={self.emb_dim} must be odd and >= 3 ([t] plus cos/sin pairs)")
-        if self.num_inner_mlps < 0:
-            raise ValueError(f"num_inner_mlps must be >= 0; got {self.num_inner_mlps}")
+        _finite("sine_freq", self.sine_freq)
+        if not isinstance(self.num_inner_mlps, int) or self.num_inner_mlps < 0:
+            raise ValueError(f"num_inner_mlps must be an int >= 0; got {self.num_inner_mlps!r}")
         _positive("short_filter_order", self.short_filter_order)
-        if not 0 < self.fast_decay_pct <= self.slow_decay_pct:
-            raise ValueError("need 0 < fast_decay_pct <= slow_decay_pct")
-        if not 0 < self.decay_target < 1:
-            raise ValueError(f"decay_target must lie in (0, 1); got {self.decay_target}")
+        _positive_float("fast_decay_pct", self.fast_decay_pct)
+        _positive_float("slow_decay_pct", self.slow_decay_pct)
+        if self.fast_decay_pct > self.slow_decay_pct:
+            raise ValueError(
+                f"need fast_decay_pct <= slow_decay_pct; got {self.fast_decay_pct} > {self.slow_decay_pct}"
+            )
+        if not (_is_real(self.decay_target) and 0 < self.decay_target < 1):
+            raise ValueError(f"decay_target must lie in (0, 1); got {self.decay_target!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -162,14 +203,36 @@ class LongConvConfig:
 
     def __post_init__(self):
         _positive("channels", self.channels)
-        if self.lam < 0:
-            raise ValueError(f"lam must be >= 0; got {self.lam}")
-        if not 0 <= self.kernel_dropout < 1:
-            raise ValueError(f"kernel_dropout must lie in [0, 1); got {self.kernel_dropout}")
+        _non_negative_float("lam", self.lam)
+        _rate("kernel_dropout", self.kernel_dropout)
+
+
+class _ModelFields:
+    """The fields every model config has, checked alike: vocab_size, d_model, d_inner, max_seq_len,
+    norm_eps, init_std, dtype."""
+
+    def _check_model_fields(self) -> None:
+        for name in ("vocab_size", "d_model", "max_seq_len"):
+            _positive(name, getattr(self, name))
+        if self.d_inner is not None:
+            _positive("d_inner", self.d_inner)
+        _positive_float("norm_eps", self.norm_eps)
+        _positive_float("init_std", self.init_std)
+        _check_dtype("dtype", self.dtype)
+
+    @property
+    def ffn_dim(self) -> int:
+        """The MLP's hidden width: ``d_inner``, or ``4 * d_model`` when it is None."""
+        return self.d_inner or 4 * self.d_model
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """``dtype`` as a numpy dtype; parameters stay float32."""
+        return jnp.dtype(self.dtype)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LMConfig:
+class LMConfig(_ModelFields):
     """A decoder-only LM: embedding, n_layers pre-norm blocks (mixer + MLP), final norm, tied head."""
 
     vocab_size: int  # token vocabulary (GPT-2: 50257, padded to 50264 as safari does)
@@ -195,12 +258,8 @@ class LMConfig:
     implementation: str | None = None  # passed to jaxflash.attention / fftconv ("xla", "pallas", ...)
 
     def __post_init__(self):
-        _positive("vocab_size", self.vocab_size)
-        _positive("d_model", self.d_model)
+        self._check_model_fields()
         _positive("n_layers", self.n_layers)
-        if self.d_inner is not None:
-            _positive("d_inner", self.d_inner)
-        _positive("max_seq_len", self.max_seq_len)
         if self.mixer not in MIXERS:
             raise ValueError(f"mixer={self.mixer!r}; choose one of {MIXERS}")
         for i in self.attn_layer_idx:
@@ -214,19 +273,13 @@ class LMConfig:
             self.attention.validate_width(self.d_model)
         if self.uses("h3"):
             _divides("h3.head_dim", self.h3.head_dim, "d_model", self.d_model)
-        for name in ("embed_dropout", "resid_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must lie in [0, 1); got {getattr(self, name)}")
+        _rate("embed_dropout", self.embed_dropout)
+        _rate("resid_dropout", self.resid_dropout)
         if self.long_conv.bidirectional and self.uses("long_conv"):
             raise ValueError(
                 "a causal LM cannot use a bidirectional long convolution; set long_conv.bidirectional=False"
             )
         _check_fft_size(self.fft_size, self.max_seq_len)
-        _check_dtype("dtype", self.dtype)
-
-    @property
-    def ffn_dim(self) -> int:
-        return self.d_inner or 4 * self.d_model
 
     def mixer_of(self, layer: int) -> str:
         return "attention" if layer in self.attn_layer_idx else self.mixer
@@ -235,74 +288,60 @@ class LMConfig:
         return any(self.mixer_of(i) == mixer for i in range(self.n_layers))
 
 
+# m2 hyena_utils defaults for M2-BERT's filters: 2 positional bands, a 128-wide FFN, hyena_w 10.
+M2_FILTER = HyenaConfig(order=2, filter_order=128, emb_dim=5, sine_freq=10.0)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class M2Config:
+class M2Config(_ModelFields):
     """Monarch Mixer BERT (Fu et al. 2023, arXiv:2310.12109), m2 ``bert/src/configuration_bert.py``;
     with ``causal=True`` the M2-GPT variant (causal gated long convolution, block-diagonal MLP)."""
 
     vocab_size: int = 30528  # bert-base-uncased 30522, padded to a multiple of 8 as MosaicBERT does
     d_model: int = 768
     n_layers: int = 12
-    d_ff: int = 3072  # GLU hidden width (the gate and value projections each have d_ff outputs)
+    # GLU hidden width (the gate and value projections each have d_inner outputs); None = 4 * d_model,
+    # 3072 at d_model 768 (m2's intermediate_size).
+    d_inner: int | None = None
     max_seq_len: int = 128  # learned absolute positions and filter length
     type_vocab_size: int = 2  # BERT token types
-    emb_dim: int = 5  # filter positional-encoding width (2 bands)
-    filter_order: int = 128  # filter FFN width
-    sine_freq: float = 10.0  # hyena_w
-    num_inner_mlps: int = 2
-    short_filter_order: int = 3
+    hyena: HyenaConfig = M2_FILTER  # the implicit filters; the mixer has one gated convolution (order 2)
     residual_long_conv: bool = True  # a second long convolution on the mixer's input, added to y
     mlp_nblocks: int = 4  # blocks of the block-diagonal GLU MLP weights
-    layer_norm_eps: float = 1e-12
-    dropout: float = 0.1  # hidden dropout (embeddings and MLP output)
+    norm_eps: float = 1e-12  # BERT's LayerNorm eps (m2 layer_norm_eps); m2_gpt_tiny sets GPT-2's 1e-5
+    dropout: float = 0.1  # hidden dropout (embeddings and MLP output; M2-GPT: each residual branch)
     causal: bool = False  # False: M2-BERT (bidirectional); True: M2-GPT
     init_std: float = 0.02
-    fft_size: int | None = None  # FFT length; None = 2 * seq; must be even
+    fft_size: int | None = None  # FFT length of the causal form; None = 2 * seq; must be even
     dtype: str = "float32"
     implementation: str | None = None
 
     def __post_init__(self):
-        for name in (
-            "vocab_size",
-            "d_model",
-            "n_layers",
-            "d_ff",
-            "max_seq_len",
-            "type_vocab_size",
-            "filter_order",
-            "short_filter_order",
-            "mlp_nblocks",
-        ):
+        self._check_model_fields()
+        for name in ("n_layers", "type_vocab_size", "mlp_nblocks"):
             _positive(name, getattr(self, name))
-        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
-            raise ValueError(f"emb_dim={self.emb_dim} must be odd and >= 3")
+        if self.hyena.order != 2:
+            raise ValueError(
+                f"hyena.order={self.hyena.order}: the Monarch Mixer has one gated long convolution, order 2"
+            )
         _divides("mlp_nblocks", self.mlp_nblocks, "d_model", self.d_model)
-        _divides("mlp_nblocks", self.mlp_nblocks, "d_ff", self.d_ff)
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1); got {self.dropout}")
+        _divides("mlp_nblocks", self.mlp_nblocks, "d_inner", self.ffn_dim)
+        _rate("dropout", self.dropout)
         _check_fft_size(self.fft_size, self.max_seq_len)
-        _check_dtype("dtype", self.dtype)
 
-    def hyena(self) -> HyenaConfig:
-        return HyenaConfig(
-            order=2,
-            filter_order=self.filter_order,
-            emb_dim=self.emb_dim,
-            sine_freq=self.sine_freq,
-            num_inner_mlps=self.num_inner_mlps,
-            short_filter_order=self.short_filter_order,
-        )
+
+# Parcae's attention: QK-norm, RoPE, no biases (AttentionConfig's own defaults are GPT-2's).
+PARCAE_ATTENTION = AttentionConfig(num_heads=6, rope=True, qk_norm=True, use_bias=False)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ParcaeConfig:
+class ParcaeConfig(_ModelFields):
     """Parcae looped LM (Prairie et al. 2026, arXiv:2604.12946), ``parcae_lm/models/parcae/config.py``."""
 
     vocab_size: int = 32768
     d_model: int = 768
-    n_heads: int = 6  # must divide d_model
-    n_kv_heads: int | None = None  # GQA; None = n_heads
-    d_ff: int = 3072
+    attention: AttentionConfig = PARCAE_ATTENTION  # e.g. dataclasses.replace(PARCAE_ATTENTION, num_heads=4)
+    d_inner: int | None = None  # squared-ReLU MLP width; None = 4 * d_model (parcae intermediate_size)
     n_prelude: int = 2  # blocks run once before the loop
     n_core: int = 2  # blocks of the looped core, run T times
     n_coda: int = 2  # blocks run once after the loop
@@ -312,18 +351,17 @@ class ParcaeConfig:
     mean_recurrence: int = 8  # mean of the Poisson loop count in training; the loop count at eval
     backprop_depth: int = 4  # gradients flow through the last min(T, backprop_depth) iterations
     max_recurrence: int = 32  # the Poisson draw is clipped to [1, max_recurrence] (static bound)
-    rope_theta: float = 10000.0
     norm_eps: float = 1e-5  # the released config's RMSNorm eps
     init_std: float = 0.02
     dtype: str = "float32"
     implementation: str | None = None
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_core", "max_seq_len"):
-            _positive(name, getattr(self, name))
+        self._check_model_fields()
+        _positive("n_core", self.n_core)
         for name in ("n_prelude", "n_coda"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an int >= 0; got {getattr(self, name)!r}")
         for name in ("mean_recurrence", "backprop_depth", "max_recurrence"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -334,21 +372,14 @@ class ParcaeConfig:
             )
         if self.injection not in INJECTIONS:
             raise ValueError(f"injection={self.injection!r}; choose one of {INJECTIONS}")
-        if not 0 < self.ssm_decay < 1:
+        if not (_is_real(self.ssm_decay) and 0 < self.ssm_decay < 1):
             raise ValueError(f"ssm_decay={self.ssm_decay} must lie in (0, 1) (a contraction)")
         self.attention.validate_width(self.d_model)
-        _check_dtype("dtype", self.dtype)
 
     @property
-    def attention(self) -> AttentionConfig:
-        return AttentionConfig(
-            num_heads=self.n_heads,
-            num_kv_heads=self.n_kv_heads,
-            rope=True,
-            rope_theta=self.rope_theta,
-            qk_norm=True,
-            use_bias=False,
-        )
+    def n_layers(self) -> int:
+        """Blocks in one unrolled pass, prelude + core + coda (the depth of the residual init)."""
+        return self.n_prelude + self.n_core + self.n_coda
 
 
 # --- presets -------------------------------------------------------------------------------------------
@@ -373,19 +404,10 @@ def gpt2_125m(**overrides: Any) -> LMConfig:
 
 
 def h3_125m(**overrides: Any) -> LMConfig:
-    """safari ``pile/h3.yaml``: 12 x 768, d_inner 3072, attention at layers 1 and 8 (12 heads)."""
-    return dataclasses.replace(
-        LMConfig(
-            vocab_size=GPT2_VOCAB,
-            d_model=768,
-            n_layers=12,
-            max_seq_len=2048,
-            mixer="h3",
-            attn_layer_idx=(1, 8),
-            attention=AttentionConfig(num_heads=12, rope=False),
-        ),
-        **overrides,
-    )
+    """safari ``pile/h3.yaml``: GPT-2 small's size (12 x 768, d_inner 3072) with H3 mixers, attention
+    (12 heads, no positions) at layers 1 and 8, 2048 tokens."""
+    h3 = dict(max_seq_len=2048, mixer="h3", attn_layer_idx=(1, 8), learned_pos_emb=False)
+    return gpt2_125m(**{**h3, **overrides})
 
 
 def hyena_153m(**overrides: Any) -> LMConfig:
@@ -405,7 +427,7 @@ def hyena_153m(**overrides: Any) -> LMConfig:
 
 
 def m2_bert_80m(**overrides: Any) -> M2Config:
-    """m2 ``monarch-mixer-pretrain-786dim-80m-parameters.yaml``: 12 x 768, d_ff 3072, seq 128."""
+    """m2 ``monarch-mixer-pretrain-786dim-80m-parameters.yaml``: 12 x 768, d_inner 3072, seq 128."""
     return dataclasses.replace(M2Config(), **overrides)
 
 
@@ -439,14 +461,15 @@ def tiny_lm(mixer: str = "attention", **overrides: Any) -> LMConfig:
 
 
 def m2_bert_tiny(**overrides: Any) -> M2Config:
+    """A 2-layer, width-32 M2-BERT for CPU tests."""
     return dataclasses.replace(
         M2Config(
             vocab_size=16,
             d_model=32,
             n_layers=2,
-            d_ff=64,
+            d_inner=64,
             max_seq_len=32,
-            filter_order=16,
+            hyena=dataclasses.replace(M2_FILTER, filter_order=16),
             dropout=0.0,
             implementation="xla",
         ),
@@ -455,17 +478,18 @@ def m2_bert_tiny(**overrides: Any) -> M2Config:
 
 
 def m2_gpt_tiny(**overrides: Any) -> M2Config:
-    return m2_bert_tiny(**{"causal": True, "residual_long_conv": False, **overrides})
+    """The causal M2-GPT at the tiny size, pre-norm LayerNorms with GPT-2's eps."""
+    return m2_bert_tiny(**{"causal": True, "residual_long_conv": False, "norm_eps": 1e-5, **overrides})
 
 
 def parcae_tiny(**overrides: Any) -> ParcaeConfig:
+    """A 1/1/1-block, width-32 Parcae with a short loop for CPU tests."""
     return dataclasses.replace(
         ParcaeConfig(
             vocab_size=16,
             d_model=32,
-            n_heads=4,
-            n_kv_heads=2,
-            d_ff=64,
+            attention=dataclasses.replace(PARCAE_ATTENTION, num_heads=4, num_kv_heads=2),
+            d_inner=64,
             n_prelude=1,
             n_core=1,
             n_coda=1,
@@ -485,10 +509,10 @@ PRESETS: dict[str, Callable[..., Any]] = {
     "hyena_153m": hyena_153m,
     "m2_bert_80m": m2_bert_80m,
     "parcae_140m": parcae_140m,
-    "transformer_tiny": lambda **kw: tiny_lm("attention", **kw),
-    "h3_tiny": lambda **kw: tiny_lm("h3", **kw),
-    "hyena_tiny": lambda **kw: tiny_lm("hyena", **kw),
-    "long_conv_tiny": lambda **kw: tiny_lm("long_conv", **kw),
+    "transformer_tiny": functools.partial(tiny_lm, "attention"),
+    "h3_tiny": functools.partial(tiny_lm, "h3"),
+    "hyena_tiny": functools.partial(tiny_lm, "hyena"),
+    "long_conv_tiny": functools.partial(tiny_lm, "long_conv"),
     "m2_bert_tiny": m2_bert_tiny,
     "m2_gpt_tiny": m2_gpt_tiny,
     "parcae_tiny": parcae_tiny,

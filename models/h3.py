@@ -41,8 +41,8 @@ State = dict[str, Any]
 
 
 class SSMParam(nnx.Param):
-    """A state-space / long-convolution kernel parameter: the papers train these with their own
-    learning rate (min(1e-3, lr)) and no weight decay (see ``models.lm.param_labels``)."""
+    """A state-space / long-convolution kernel parameter, a kind of its own: the papers train these with
+    their own learning rate (min(1e-3, lr)) and no weight decay (``jaxflash.train.optim``)."""
 
 
 class ShiftSSMKernel(nnx.Module):

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxflash.models.config import HyenaConfig
+from jaxflash.models.validation import check_step_position
 from jaxtyping import Array, Float
 
 import jaxflash
@@ -48,6 +49,7 @@ def history_conv_step(
     ``history`` holds the inputs at positions ``< pos`` (zeros after); ``g`` is the input at ``pos``.
     Returns ``y_pos`` (f32) and the history with ``g`` written at ``pos``.
     """
+    check_step_position(pos, history.shape[1], "convolution history")
     history = jax.lax.dynamic_update_slice(history, g[:, None].astype(history.dtype), (0, pos, 0))
     s = jnp.arange(history.shape[1])
     # k[pos - s] for s <= pos, zero for the (not yet written) future positions.

@@ -15,7 +15,7 @@ Layer (C channels of kernels per feature)::
 
 Bidirectional form: a forward kernel ``k0`` and a reverse kernel ``k1`` become one circular kernel of
 length 2L, ``k = pad(k0, (0, L)) + pad(flip(k1), (L, 0))``, so ``k1[d - 1]`` weighs the input d steps
-ahead (the same construction M2-BERT uses; ``jaxflash.ops.fftconv.bidirectional_kernel``).
+ahead (the same construction M2-BERT uses; ``jaxflash.bidirectional_kernel``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from jaxflash.models.hyena import history_conv_step
 from jaxtyping import Array, Float
 
 import jaxflash
-from jaxflash.ops.fftconv import bidirectional_kernel
 
 State = dict[str, Any]
 SMOOTHING_WINDOW = 7
@@ -117,7 +116,7 @@ class LongConv(nnx.Module):
         u_rep = jnp.tile(u, (1, 1, self.channels))  # channel c of the output reads feature (c d) mod d
         k = self._flat_kernel(length)
         if self.bidirectional:
-            k, causal = bidirectional_kernel(k[0], k[1]), False
+            k, causal = jaxflash.bidirectional_kernel(k[0], k[1]), False
         else:
             k, causal = k[0], True
         # A circular kernel fixes the FFT size (2L); fft_size applies to the causal form only.

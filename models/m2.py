@@ -18,7 +18,7 @@ models.md section 1.4), and it has a recurrent ``step``.
 Layer: ``h <- MLP(Mixer(h))``: NO residual and no norm around the mixer. MLP (post-LN GLU, block-
 diagonal weights with 4 blocks, ``models.monarch.BlockDiagLinear``)::
 
-    [a, g] = BlockDiag(W_1) h                          W_1: d -> 2 d_ff, no bias
+    [a, g] = BlockDiag(W_1) h                          W_1: d -> 2 d_inner, no bias
     h <- LayerNorm(BlockDiag(W_o)(GELU(a) . g) + b_o + h)
 
 The BERT model adds learned absolute positions and token types, then an MLM head (dense, GELU,
@@ -36,10 +36,10 @@ from jaxflash.models.config import M2Config
 from jaxflash.models.hyena import HyenaFilter, ShortConv, history_conv_step
 from jaxflash.models.monarch import BlockDiagLinear
 from jaxflash.models.transformer import reinit_linears
+from jaxflash.models.validation import check_length, check_parameters_fit, check_token_ids, require_config
 from jaxtyping import Array, Float, Int
 
 import jaxflash
-from jaxflash.ops.fftconv import bidirectional_kernel
 
 State = dict[str, Any]
 
@@ -51,12 +51,12 @@ class M2Mixer(nnx.Module):
         self.d_model = d_model
         self.causal = config.causal
         self.residual_long_conv = config.residual_long_conv
-        self.dtype = jnp.dtype(config.dtype)
+        self.dtype = config.compute_dtype
         self.implementation = config.implementation
         self.fft_size = config.fft_size
-        hyena = config.hyena()
+        hyena = config.hyena
         self.in_linear = nnx.Linear(d_model, 3 * d_model, dtype=self.dtype, rngs=rngs)
-        self.short_conv = ShortConv(3 * d_model, config.short_filter_order, rngs=rngs)
+        self.short_conv = ShortConv(3 * d_model, hyena.short_filter_order, rngs=rngs)
         self.filter = HyenaFilter(d_model, max_len, hyena, bidirectional=not config.causal, rngs=rngs)
         if config.residual_long_conv:
             self.filter2 = HyenaFilter(d_model, max_len, hyena, bidirectional=not config.causal, rngs=rngs)
@@ -66,7 +66,7 @@ class M2Mixer(nnx.Module):
         """``[L, d]`` causal kernel, or the ``[2L, d]`` circular bidirectional kernel."""
         if self.causal:
             return filt.kernel(length)
-        return bidirectional_kernel(filt.kernel(length), filt.kernel_rev(length))
+        return jaxflash.bidirectional_kernel(filt.kernel(length), filt.kernel_rev(length))
 
     def _conv(self, u, filt: HyenaFilter, **gates):
         k = self.conv_kernel(filt, u.shape[1]).astype(u.dtype)
@@ -125,7 +125,7 @@ class BlockDiagGLU(nnx.Module):
     def __init__(
         self,
         d_model: int,
-        d_ff: int,
+        d_inner: int,
         nblocks: int,
         *,
         post_norm: bool = True,
@@ -135,22 +135,19 @@ class BlockDiagGLU(nnx.Module):
         implementation: str | None = None,
         rngs: nnx.Rngs,
     ):
-        for name, n in (("d_model", d_model), ("d_ff", d_ff)):
-            if n % nblocks:
-                raise ValueError(f"nblocks={nblocks} must divide {name}={n}")
-        self.d_ff = d_ff
+        self.d_inner = d_inner
         self.post_norm = post_norm
         kw = dict(nblocks=nblocks, dtype=dtype, implementation=implementation, rngs=rngs)
         # BlockDiagLinear keeps m2's init (blocks cut from a kaiming-uniform dense init).
-        self.gated = BlockDiagLinear(d_model, 2 * d_ff, use_bias=False, **kw)  # [GELU input; value]
-        self.out = BlockDiagLinear(d_ff, d_model, use_bias=True, **kw)
+        self.gated = BlockDiagLinear(d_model, 2 * d_inner, use_bias=False, **kw)  # [GELU input; value]
+        self.out = BlockDiagLinear(d_inner, d_model, use_bias=True, **kw)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         if post_norm:
             self.norm = nnx.LayerNorm(d_model, epsilon=eps, dtype=dtype, rngs=rngs)
 
     def __call__(self, h: Float[Array, "... d"]) -> Float[Array, "... d"]:
         x = self.gated(h)
-        x = jax.nn.gelu(x[..., : self.d_ff], approximate=False) * x[..., self.d_ff :]
+        x = jax.nn.gelu(x[..., : self.d_inner], approximate=False) * x[..., self.d_inner :]
         x = self.dropout(self.out(x)).astype(h.dtype)
         return self.norm(x + h) if self.post_norm else x
 
@@ -162,11 +159,11 @@ class M2BertLayer(nnx.Module):
         self.mixer = M2Mixer(config.d_model, config.max_seq_len, config=config, rngs=rngs)
         self.mlp = BlockDiagGLU(
             config.d_model,
-            config.d_ff,
+            config.ffn_dim,
             config.mlp_nblocks,
-            eps=config.layer_norm_eps,
+            eps=config.norm_eps,
             dropout=config.dropout,
-            dtype=jnp.dtype(config.dtype),
+            dtype=config.compute_dtype,
             implementation=config.implementation,
             rngs=rngs,
         )
@@ -184,22 +181,25 @@ class M2Bert(nnx.Module):
     """
 
     def __init__(self, config: M2Config, *, rngs: nnx.Rngs):
+        require_config(config, M2Config, "M2Bert")
         if config.causal:
             raise ValueError(
-                "M2Bert is the bidirectional encoder; build the causal M2-GPT with models.lm.M2GPT"
+                "M2Bert is the bidirectional encoder (causal=False); build the causal M2-GPT with "
+                "jaxflash.models.M2GPT"
             )
+        check_parameters_fit(type(self), config, rngs)
         self.config = config
-        d, dtype = config.d_model, jnp.dtype(config.dtype)
+        d, dtype = config.d_model, config.compute_dtype
         init = nnx.initializers.normal(config.init_std)
         self.word_emb = nnx.Embed(config.vocab_size, d, embedding_init=init, dtype=dtype, rngs=rngs)
         self.pos_emb = nnx.Embed(config.max_seq_len, d, embedding_init=init, dtype=dtype, rngs=rngs)
         self.type_emb = nnx.Embed(config.type_vocab_size, d, embedding_init=init, dtype=dtype, rngs=rngs)
-        self.emb_norm = nnx.LayerNorm(d, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.emb_norm = nnx.LayerNorm(d, epsilon=config.norm_eps, dtype=dtype, rngs=rngs)
         self.emb_dropout = nnx.Dropout(config.dropout, rngs=rngs)
         self.layers = nnx.List([M2BertLayer(config, rngs=rngs) for _ in range(config.n_layers)])
         lin = dict(kernel_init=init, dtype=dtype, rngs=rngs)
         self.mlm_dense = nnx.Linear(d, d, **lin)
-        self.mlm_norm = nnx.LayerNorm(d, epsilon=config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.mlm_norm = nnx.LayerNorm(d, epsilon=config.norm_eps, dtype=dtype, rngs=rngs)
         self.mlm_bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
         self.pooler = nnx.Linear(d, d, **lin)
         # BERT's _init_weights: every Linear (filter FFNs included) N(0, init_std) with zero bias.
@@ -208,11 +208,21 @@ class M2Bert(nnx.Module):
     def encode(
         self, input_ids: Int[Array, "b l"], token_type_ids: Int[Array, "b l"] | None = None
     ) -> Float[Array, "b l d"]:
+        """Hidden states after the last layer. Ids out of range raise eagerly; under ``jit`` they are a
+        value check (``jaxflash.models.validation``)."""
+        cfg = self.config
+        input_ids = check_token_ids(input_ids, cfg.vocab_size, name="input_ids")
         length = input_ids.shape[1]
-        if length > self.config.max_seq_len:
-            raise ValueError(f"sequence length {length} exceeds max_seq_len={self.config.max_seq_len}")
+        check_length("sequence length", length, cfg.max_seq_len)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
+        token_type_ids = check_token_ids(
+            token_type_ids, cfg.type_vocab_size, name="token_type_ids", size_name="type_vocab_size"
+        )
+        if token_type_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"token_type_ids must have input_ids' shape {input_ids.shape}; got {token_type_ids.shape}"
+            )
         h = self.word_emb(input_ids) + self.pos_emb(jnp.arange(length))[None] + self.type_emb(token_type_ids)
         h = self.emb_dropout(self.emb_norm(h))
         for layer in self.layers:

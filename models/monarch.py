@@ -1,7 +1,7 @@
 """Monarch and block-diagonal linear layers (Dao et al. 2022; Fu et al. 2023, Monarch Mixer).
 
 ``MonarchLinear`` computes ``y = x @ M.T + b`` with ``M = P_out . BlockDiag(w2) . P_mid . BlockDiag(w1)``
-(the m2/fly ``MonarchLinear``; see :mod:`jaxflash.ops.monarch`), and ``BlockDiagLinear`` computes
+(the m2/fly ``MonarchLinear``; see :mod:`jaxflash.monarch`), and ``BlockDiagLinear`` computes
 ``y = x @ BlockDiag(w).T + b`` (M2-BERT's MLP weights, m2 ``BlockdiagLinear`` with ``shuffle=False``).
 
 Initialization follows the papers' code:
@@ -58,7 +58,35 @@ def _default_nblocks(in_features: int, out_features: int) -> int:
     return nb
 
 
-class MonarchLinear(nnx.Module):
+class StructuredLinear(nnx.Module):
+    """``y = x @ W.T + b`` with a structured ``W`` (m2/fly ``StructuredLinear``): the sizes, the compute
+    dtype and the bias. A subclass stores its factors and defines ``factors`` and ``multiply``."""
+
+    def __init__(
+        self, in_features: int, out_features: int, nblocks: int, *, dtype: Any, implementation: str | None
+    ):
+        self.in_features = in_features
+        self.out_features = out_features
+        self.nblocks = nblocks
+        self.dtype = dtype
+        self.implementation = implementation
+
+    def factors(self) -> tuple[jax.Array, ...]:
+        raise NotImplementedError
+
+    def multiply(self, x: jax.Array, *factors: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def __call__(self, x: Float[Array, "*batch in_features"]) -> Float[Array, "*batch out_features"]:
+        factors = self.factors()
+        dtype = self.dtype or jnp.result_type(x, *factors)
+        y = self.multiply(x.astype(dtype), *(w.astype(dtype) for w in factors))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+
+class MonarchLinear(StructuredLinear):
     """``y = x @ M.T + b`` with a Monarch matrix ``M`` (out_features x in_features).
 
     Args:
@@ -86,11 +114,8 @@ class MonarchLinear(nnx.Module):
         implementation: str | None = None,
         rngs: nnx.Rngs,
     ):
-        self.in_features = in_features
-        self.out_features = out_features
-        self.nblocks = _default_nblocks(in_features, out_features) if nblocks is None else nblocks
-        self.dtype = dtype
-        self.implementation = implementation
+        nblocks = _default_nblocks(in_features, out_features) if nblocks is None else nblocks
+        super().__init__(in_features, out_features, nblocks, dtype=dtype, implementation=implementation)
         w1_shape, w2_shape = monarch_ops.monarch_shapes(in_features, out_features, self.nblocks)
         if dense_init is None:
             k1, k2 = jax.random.split(rngs.params())
@@ -142,20 +167,14 @@ class MonarchLinear(nnx.Module):
         """The (out_features, in_features) matrix ``M`` of this layer."""
         return monarch_ops.to_dense(self.w1[...], self.w2[...])
 
-    def __call__(self, x: Float[Array, "*batch in_features"]) -> Float[Array, "*batch out_features"]:
-        dtype = self.dtype or jnp.result_type(x, self.w1[...])
-        y = jaxflash.monarch_matmul(
-            x.astype(dtype),
-            self.w1[...].astype(dtype),
-            self.w2[...].astype(dtype),
-            implementation=self.implementation,
-        )
-        if self.bias is not None:
-            y = y + self.bias[...].astype(dtype)
-        return y
+    def factors(self) -> tuple[jax.Array, jax.Array]:
+        return self.w1[...], self.w2[...]
+
+    def multiply(self, x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
+        return jaxflash.monarch_matmul(x, w1, w2, implementation=self.implementation)
 
 
-class BlockDiagLinear(nnx.Module):
+class BlockDiagLinear(StructuredLinear):
     """``y = x @ BlockDiag(w).T + b`` with ``w`` of shape (nblocks, out/nblocks, in/nblocks).
 
     Args:
@@ -182,11 +201,7 @@ class BlockDiagLinear(nnx.Module):
                 f"nblocks={nblocks} must be positive and divide in_features={in_features} and "
                 f"out_features={out_features}"
             )
-        self.in_features = in_features
-        self.out_features = out_features
-        self.nblocks = nblocks
-        self.dtype = dtype
-        self.implementation = implementation
+        super().__init__(in_features, out_features, nblocks, dtype=dtype, implementation=implementation)
         if dense_init is None:
             # kaiming_uniform(a=sqrt(5)) of the dense (out, in) weight: U(+-1/sqrt(in_features)).
             dense_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -202,10 +217,8 @@ class BlockDiagLinear(nnx.Module):
         """The (out_features, in_features) block-diagonal matrix of this layer."""
         return jax.scipy.linalg.block_diag(*self.w[...])
 
-    def __call__(self, x: Float[Array, "*batch in_features"]) -> Float[Array, "*batch out_features"]:
-        dtype = self.dtype or jnp.result_type(x, self.w[...])
-        w = self.w[...].astype(dtype)
-        y = jaxflash.blockdiag_matmul(x.astype(dtype), w, implementation=self.implementation)
-        if self.bias is not None:
-            y = y + self.bias[...].astype(dtype)
-        return y
+    def factors(self) -> tuple[jax.Array]:
+        return (self.w[...],)
+
+    def multiply(self, x: jax.Array, w: jax.Array) -> jax.Array:
+        return jaxflash.blockdiag_matmul(x, w, implementation=self.implementation)

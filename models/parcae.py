@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxflash.models.config import ParcaeConfig
-from jaxflash.models.transformer import MLP, Attention, Block, reinit_linears
+from jaxflash.models.transformer import MLP, Attention, Block, reinit_linears, step_blocks, tied_logits
+from jaxflash.models.validation import check_length, check_parameters_fit, check_token_ids, require_config
 from jaxtyping import Array, Float, Int
 
 State = dict[str, Any]
@@ -45,7 +46,8 @@ MIN_DECAY_RATE = 1e-6
 
 
 class NoDecayParam(nnx.Param):
-    """A parameter trained without weight decay (Parcae's ``_no_weight_decay``: A_log, dt_bias, B, C)."""
+    """A parameter kind trained without weight decay (Parcae's ``_no_weight_decay``: A_log, dt_bias, B,
+    C; ``jaxflash.train.optim`` groups it)."""
 
 
 class DiagonalInjection(nnx.Module):
@@ -102,8 +104,9 @@ def make_injection(config: ParcaeConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     return AdditiveInjection(config.d_model, rngs=rngs)
 
 
-def _block(config: ParcaeConfig, rngs: nnx.Rngs) -> Block:
-    dtype = jnp.dtype(config.dtype)
+def parcae_block(config: ParcaeConfig, *, rngs: nnx.Rngs) -> Block:
+    """Pre-norm RMSNorm block: attention (QK-norm, RoPE, no bias by default) and a squared-ReLU MLP."""
+    dtype = config.compute_dtype
     attn = Attention(
         config.d_model,
         config.attention,
@@ -112,7 +115,7 @@ def _block(config: ParcaeConfig, rngs: nnx.Rngs) -> Block:
         norm_eps=config.norm_eps,
         rngs=rngs,
     )
-    mlp = MLP(config.d_model, config.d_ff, kind="relu2", use_bias=False, dtype=dtype, rngs=rngs)
+    mlp = MLP(config.d_model, config.ffn_dim, kind="relu2", use_bias=False, dtype=dtype, rngs=rngs)
     return Block(config.d_model, attn, mlp, norm="rms", norm_eps=config.norm_eps, dtype=dtype, rngs=rngs)
 
 
@@ -121,7 +124,7 @@ class LoopedCore(nnx.Module):
 
     def __init__(self, config: ParcaeConfig, *, rngs: nnx.Rngs):
         self.injection = make_injection(config, rngs=rngs)
-        self.blocks = nnx.List([_block(config, rngs) for _ in range(config.n_core)])
+        self.blocks = nnx.List([parcae_block(config, rngs=rngs) for _ in range(config.n_core)])
 
     def __call__(self, h: Float[Array, "b l d"], e: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
         x = self.injection(h, e)
@@ -129,13 +132,26 @@ class LoopedCore(nnx.Module):
             x = block(x)
         return x
 
+    def step(
+        self, h: Float[Array, "b d"], e: Float[Array, "b d"], states: list[State]
+    ) -> tuple[Float[Array, "b d"], list[State]]:
+        """The same iteration for one token, through the core blocks' KV caches of this iteration."""
+        return step_blocks(self.blocks, self.injection(h, e), states)
+
 
 class Parcae(nnx.Module):
-    """The Parcae LM (module docstring): ``tokens [b, l] -> logits [b, l, vocab]`` (f32)."""
+    """The Parcae LM (module docstring): ``tokens [b, l] -> logits [b, l, vocab]`` (f32).
+
+    ``embed_tokens`` and ``head`` are the parts before and after the loop, so that
+    ``head(core(...core(h_0, e)..., e))`` with ``e = embed_tokens(tokens)`` is the forward. Token ids
+    outside ``[0, vocab_size)`` raise eagerly (a value check under ``jit``).
+    """
 
     def __init__(self, config: ParcaeConfig, *, rngs: nnx.Rngs):
+        require_config(config, ParcaeConfig, "Parcae")
+        check_parameters_fit(type(self), config, rngs)
         self.config = config
-        dtype = jnp.dtype(config.dtype)
+        dtype = config.compute_dtype
         d = config.d_model
         self.embed = nnx.Embed(
             config.vocab_size,
@@ -144,33 +160,28 @@ class Parcae(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
-        self.prelude = nnx.List([_block(config, rngs) for _ in range(config.n_prelude)])
+        self.prelude = nnx.List([parcae_block(config, rngs=rngs) for _ in range(config.n_prelude)])
         self.prelude_norm = nnx.RMSNorm(d, epsilon=config.norm_eps, dtype=dtype, rngs=rngs)
         self.core = LoopedCore(config, rngs=rngs)
         self.C = nnx.Linear(d, d, use_bias=False, dtype=dtype, rngs=rngs)
-        self.coda = nnx.List([_block(config, rngs) for _ in range(config.n_coda)])
+        self.coda = nnx.List([parcae_block(config, rngs=rngs) for _ in range(config.n_coda)])
         self.final_norm = nnx.RMSNorm(d, epsilon=config.norm_eps, dtype=dtype, rngs=rngs)
-        n_layers = config.n_prelude + config.n_core + config.n_coda
-        reinit_linears(
-            self,
-            rngs,
-            std=config.init_std,
-            scaled=("out_proj", "fc2"),
-            scaled_std=config.init_std / math.sqrt(2 * n_layers),
-        )
+        reinit_linears(self, rngs, std=config.init_std, n_layers=config.n_layers)
         self.C.kernel = NoDecayParam(self.C.kernel[...])
 
-    def _embed(self, tokens: Int[Array, "b l"]) -> Float[Array, "b l d"]:
+    def embed_tokens(self, tokens: Int[Array, "b l"]) -> Float[Array, "b l d"]:
+        """``e = RMSNorm(Prelude(Embed(tokens)))``, the input injected at every loop iteration."""
         x = self.embed(tokens)
         for block in self.prelude:
             x = block(x)
         return self.prelude_norm(x)
 
-    def _head(self, h: Float[Array, "b l d"]) -> Float[Array, "b l v"]:
+    def head(self, h: Float[Array, "b l d"]) -> Float[Array, "b l v"]:
+        """``logits = Head(RMSNorm(Coda(C h)))`` from the loop's last state (f32)."""
         x = self.C(h)
         for block in self.coda:
             x = block(x)
-        return self.embed.attend(self.final_norm(x)).astype(jnp.float32)
+        return tied_logits(self.embed, self.final_norm(x))
 
     def _initial_state(self, e: jax.Array, key: jax.Array | None) -> jax.Array:
         if key is None:
@@ -199,16 +210,18 @@ class Parcae(nnx.Module):
             raise ValueError(f"num_loops={num_loops} must be >= 1")
         if train and key is None:
             raise ValueError("train=True samples per-sequence loop counts: pass key=")
-        e = self._embed(tokens)
+        tokens = check_token_ids(tokens, self.config.vocab_size)
+        check_length("sequence length", tokens.shape[1], self.config.max_seq_len)
+        e = self.embed_tokens(tokens)
         if not train:
             h = self._initial_state(e, key)
             for _ in range(num_loops or self.config.mean_recurrence):
                 h = self.core(h, e)
-            return self._head(h)
+            return self.head(h)
         key_loops, key_init = jax.random.split(key)
         n, k = self.sample_loops(key_loops, tokens.shape[0])
         h = self.truncated_loop(self._initial_state(e, key_init), e, n, k)
-        return self._head(h)
+        return self.head(h)
 
     def truncated_loop(
         self, h: jax.Array, e: jax.Array, n: Int[Array, " b"], k: Int[Array, " b"]
@@ -231,7 +244,11 @@ class Parcae(nnx.Module):
 
     # --- generation: one KV cache per (loop iteration, core block) --------------------------------------
 
-    def init_state(self, batch: int, max_len: int, num_loops: int | None = None) -> State:
+    def init_state(self, batch: int, max_len: int | None = None, num_loops: int | None = None) -> State:
+        """KV caches of ``max_len`` (default ``max_seq_len``) for every block, the core's once per loop
+        iteration (``num_loops``, default ``mean_recurrence``)."""
+        max_len = max_len or self.config.max_seq_len
+        check_length("max_len", max_len, self.config.max_seq_len)
         loops = num_loops or self.config.mean_recurrence
         return dict(
             prelude=[b.init_state(batch, max_len) for b in self.prelude],
@@ -241,26 +258,13 @@ class Parcae(nnx.Module):
 
     def step(self, tokens: Int[Array, " b"], state: State) -> tuple[Float[Array, "b v"], State]:
         """Next-token logits for one token per sequence (h_0 = 0, the loop count of ``init_state``)."""
-        x = self.embed(tokens)
-        prelude = []
-        for block, s in zip(self.prelude, state["prelude"], strict=True):
-            x, s = block.step(x, s)
-            prelude.append(s)
+        tokens = check_token_ids(tokens, self.config.vocab_size, step=True)
+        x, prelude = step_blocks(self.prelude, self.embed(tokens), state["prelude"])
         e = self.prelude_norm(x)
         h = jnp.zeros_like(e)
         core = []
         for loop_states in state["core"]:
-            x = self.core.injection(h, e)
-            new = []
-            for block, s in zip(self.core.blocks, loop_states, strict=True):
-                x, s = block.step(x, s)
-                new.append(s)
-            core.append(new)
-            h = x
-        x = self.C(h)
-        coda = []
-        for block, s in zip(self.coda, state["coda"], strict=True):
-            x, s = block.step(x, s)
-            coda.append(s)
-        logits = self.embed.attend(self.final_norm(x)).astype(jnp.float32)
-        return logits, dict(prelude=prelude, core=core, coda=coda)
+            h, loop_states = self.core.step(h, e, loop_states)
+            core.append(loop_states)
+        x, coda = step_blocks(self.coda, self.C(h), state["coda"])
+        return tied_logits(self.embed, self.final_norm(x)), dict(prelude=prelude, core=core, coda=coda)

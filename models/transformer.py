@@ -20,17 +20,24 @@ state)`` (recurrent generation; the state is a plain pytree, so a jitted decode 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxflash.models.config import AttentionConfig
+from jaxflash.models.validation import check_step_position
 from jaxtyping import Array, Float
 
 import jaxflash
 
 State = dict[str, Any]
+
+# The residual output projections (each mixer's out_proj, each MLP's fc2), whose init GPT-2 scales by
+# 1/sqrt(2 n_layers) so that the residual stream's variance does not grow with depth.
+RESIDUAL_OUTPUTS = ("out_proj", "fc2")
 
 
 def make_norm(kind: str, d: int, *, eps: float, dtype: Any, rngs: nnx.Rngs) -> nnx.Module:
@@ -42,19 +49,14 @@ def make_norm(kind: str, d: int, *, eps: float, dtype: Any, rngs: nnx.Rngs) -> n
     raise ValueError(f"norm={kind!r}; choose 'layer' or 'rms'")
 
 
-def reinit_linears(
-    module: nnx.Module,
-    rngs: nnx.Rngs,
-    *,
-    std: float,
-    scaled: tuple[str, ...] = (),
-    scaled_std: float | None = None,
-) -> None:
+def reinit_linears(module: nnx.Module, rngs: nnx.Rngs, *, std: float, n_layers: int | None = None) -> None:
     """GPT-2 / safari ``_init_weights``: every ``nnx.Linear`` under ``module`` (filter FFNs included)
-    gets kernel N(0, std) and zero bias; those whose attribute name is in ``scaled`` (residual output
-    projections) get N(0, scaled_std) instead."""
+    gets kernel N(0, std) and zero bias. With ``n_layers`` (GPT-2's residual scaling), the residual
+    output projections (:data:`RESIDUAL_OUTPUTS`) get N(0, std / sqrt(2 n_layers)) instead; BERT
+    (``n_layers=None``) scales none."""
     init = nnx.initializers.normal(std)
-    init_scaled = nnx.initializers.normal(std if scaled_std is None else scaled_std)
+    scaled = RESIDUAL_OUTPUTS if n_layers is not None else ()
+    init_scaled = nnx.initializers.normal(std / math.sqrt(2 * n_layers)) if scaled else init
     for path, node in nnx.iter_graph(module):
         if not isinstance(node, nnx.Linear):
             continue
@@ -137,6 +139,7 @@ class Attention(nnx.Module):
     def step(self, x: Float[Array, "b d"], state: State) -> tuple[Float[Array, "b d"], State]:
         b = x.shape[0]
         pos = state["pos"]
+        check_step_position(pos, state["k"].shape[1], "KV cache")
         q, k, v = self._qkv(x[:, None], pos[None])
         k_cache = jax.lax.dynamic_update_slice(state["k"], k.astype(state["k"].dtype), (0, pos, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(state["v"], v.astype(state["v"].dtype), (0, pos, 0, 0))
@@ -216,3 +219,19 @@ class Block(nnx.Module):
         y, state = self.mixer.step(self.norm1(x), state)
         x = x + y
         return x + self.mlp(self.norm2(x)), state
+
+
+def step_blocks(
+    blocks: Sequence[Block], x: Float[Array, "b d"], states: Sequence[State]
+) -> tuple[Float[Array, "b d"], list[State]]:
+    """One recurrent step through a stack of blocks: ``x, s_i <- block_i.step(x, s_i)`` in order."""
+    new_states = []
+    for block, state in zip(blocks, states, strict=True):
+        x, state = block.step(x, state)
+        new_states.append(state)
+    return x, new_states
+
+
+def tied_logits(embed: nnx.Embed, x: Float[Array, "... d"]) -> Float[Array, "... v"]:
+    """The LM head tied to the token embedding, ``x @ E^T``, in float32 for the softmax."""
+    return embed.attend(x).astype(jnp.float32)

@@ -27,22 +27,29 @@ MIXERS = ("transformer", "hyena", "h3", "m2-gpt", "long_conv")
 def _model(mixer: str, seq: int, implementation: str | None):
     from flax import nnx
 
-    from jaxflash.models import config as C
-    from jaxflash.models.lm import M2GPT, LanguageModel
+    from jaxflash.models import (
+        M2GPT,
+        AttentionConfig,
+        HyenaConfig,
+        LanguageModel,
+        LMConfig,
+        LongConvConfig,
+        M2Config,
+    )
 
     common = dict(
         vocab_size=VOCAB, d_model=WIDTH, n_layers=DEPTH, max_seq_len=seq, implementation=implementation
     )
     rngs = nnx.Rngs(0)
     if mixer == "m2-gpt":
-        cfg = C.M2Config(d_ff=4 * WIDTH, causal=True, residual_long_conv=False, dropout=0.0, **common)
+        cfg = M2Config(causal=True, residual_long_conv=False, dropout=0.0, norm_eps=1e-5, **common)
         return M2GPT(cfg, rngs=rngs)
     kind = {"transformer": "attention"}.get(mixer, mixer)
-    cfg = C.LMConfig(
+    cfg = LMConfig(
         mixer=kind,
-        attention=C.AttentionConfig(num_heads=WIDTH // 64),
-        hyena=C.HyenaConfig(filter_order=64, emb_dim=33, sine_freq=14.0),
-        long_conv=C.LongConvConfig(channels=1, lam=0.003),
+        attention=AttentionConfig(num_heads=WIDTH // 64),
+        hyena=HyenaConfig(filter_order=64, emb_dim=33, sine_freq=14.0),
+        long_conv=LongConvConfig(channels=1, lam=0.003),
         **common,
     )
     return LanguageModel(cfg, rngs=rngs)

@@ -22,9 +22,12 @@ def assert_causal(module, x, cut: int, *, atol: float = 1e-5):
     )
 
 
-def assert_step_matches(module, x, *, atol: float = 1e-5, max_len: int | None = None, **init_kw):
-    """``step`` fed token by token reproduces the parallel forward at every position."""
-    y = nnx.jit(lambda m, x: m(x))(module, x)
+def assert_step_matches(
+    module, x, *, atol: float = 1e-5, max_len: int | None = None, expected=None, **init_kw
+):
+    """``step`` fed position by position (a mixer's ``[b, d]`` inputs or an LM's ``[b]`` tokens)
+    reproduces the parallel forward (``expected``, else computed here) at every position."""
+    y = nnx.jit(lambda m, x: m(x))(module, x) if expected is None else expected
     state = module.init_state(x.shape[0], max_len or x.shape[1] + 3, **init_kw)
     step = nnx.jit(lambda m, xt, s: m.step(xt, s))
     outs = []

@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jaxflash.models.config import H3Config
-from jaxflash.models.h3 import H3, DiagSSMKernel, ShiftSSMKernel
+from jaxflash.models import H3, H3Config
+from jaxflash.models.h3 import DiagSSMKernel, ShiftSSMKernel
 
 from jaxflash.testing import assert_close, random_normal
 

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jaxflash.models.config import HyenaConfig
-from jaxflash.models.hyena import HyenaFilter, HyenaOperator
+from jaxflash.models import HyenaConfig, HyenaFilter, HyenaOperator
 
 from jaxflash.testing import assert_close, random_normal
 

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxflash.models.config import LongConvConfig
-from jaxflash.models.long_conv import LongConv, LongConvKernel, smooth, squash
+from jaxflash.models import LongConv, LongConvConfig
+from jaxflash.models.long_conv import LongConvKernel, smooth, squash
 
 from jaxflash.testing import assert_close, random_normal
 

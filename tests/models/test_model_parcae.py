@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jaxflash.models import config as C
-from jaxflash.models.parcae import AdditiveInjection, DiagonalInjection, LinearInjection, Parcae
+from jaxflash.models import Parcae, parcae_tiny
+from jaxflash.models.parcae import AdditiveInjection, DiagonalInjection, LinearInjection
 
 from jaxflash.testing import assert_close, random_normal
 
@@ -42,7 +42,7 @@ def test_injection_formulas(key):
 @pytest.fixture(scope="module")
 def model():
     # The naive attention path compiles fastest; attention itself is tested in its own files.
-    return Parcae(C.parcae_tiny(init_std=0.2, implementation="reference"), rngs=nnx.Rngs(3))
+    return Parcae(parcae_tiny(init_std=0.2, implementation="reference"), rngs=nnx.Rngs(3))
 
 
 def test_loop_count_sampling(model):
@@ -105,9 +105,9 @@ def test_eval_runs_a_fixed_loop_count_and_train_needs_a_key(model, key):
 
     @nnx.jit
     def run(m, tokens, key):
-        e = m._embed(tokens)
+        e = m.embed_tokens(tokens)
         h = m.core(m.core(jnp.zeros_like(e), e), e)
-        return m(tokens, num_loops=2), m._head(h), m(tokens, train=True, key=key)
+        return m(tokens, num_loops=2), m.head(h), m(tokens, train=True, key=key)
 
     fixed, by_hand, trained = run(model, tokens, key)
     assert_close(fixed, by_hand, atol=1e-5)
@@ -118,17 +118,11 @@ def test_eval_runs_a_fixed_loop_count_and_train_needs_a_key(model, key):
         model(tokens, num_loops=0)
 
 
-def test_parcae_is_causal_and_step_matches(model, key):
+def test_parcae_is_causal_and_step_matches(model, key, checks):
     tokens = jax.random.randint(key, (2, 7), 0, 16)
     fwd = nnx.jit(lambda m, t: m(t))
     logits = fwd(model, tokens)
     later = fwd(model, tokens.at[:, 4:].set((tokens[:, 4:] + 3) % 16))
     assert_close(later[:, :4], logits[:, :4], atol=1e-5)
     assert float(jnp.max(jnp.abs(later[:, 4:] - logits[:, 4:]))) > 1e-4
-    state = model.init_state(2, 10)
-    step = nnx.jit(lambda m, t, s: m.step(t, s))
-    outs = []
-    for t in range(7):
-        out, state = step(model, tokens[:, t], state)
-        outs.append(out)
-    assert_close(jnp.stack(outs, 1), logits, atol=5e-5, rtol=5e-5)
+    checks.step(model, tokens, expected=logits, max_len=10, atol=5e-5)

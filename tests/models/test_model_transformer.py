@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
-from jaxflash.models.config import AttentionConfig
-from jaxflash.models.transformer import MLP, Attention, rope
+from jaxflash.models import MLP, Attention, AttentionConfig, rope
 
 from jaxflash.testing import assert_close, random_normal
 

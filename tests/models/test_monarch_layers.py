@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jaxflash.models.monarch import BlockDiagLinear, MonarchLinear
+from jaxflash.models import BlockDiagLinear, MonarchLinear
 
 from jaxflash import monarch
 from jaxflash.testing import assert_close, random_normal
