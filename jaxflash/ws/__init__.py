@@ -3,6 +3,8 @@ Epoxy, Liger) with a scikit-learn-like ``fit / predict_proba / predict / score``
 
 Convention everywhere (snorkel's): ``L[n_points, n_lfs]`` with -1 = abstain and classes 0..k-1;
 :func:`from_flyingsquid` / :func:`to_flyingsquid` convert FlyingSquid's 0-abstain, +-1 matrices.
+Every label model (MajorityVote, FlyingSquid, Dugong, Liger) is a :class:`LabelModel`; Epoxy extends a
+label matrix for a label model to read (see :mod:`jaxflash.ws.epoxy` for why it is not one).
 """
 
 from jaxflash.ws.base import LabelModel, classification_metrics, probs_to_preds
@@ -18,6 +20,7 @@ from jaxflash.ws.label_matrix import (
     check_label_matrix,
     from_flyingsquid,
     label_coverage,
+    label_vectors,
     labeling_function,
     labels_from_pm1,
     labels_to_pm1,
@@ -45,6 +48,7 @@ __all__ = [
     "hashed_ngram_embeddings",
     "kmeans",
     "label_coverage",
+    "label_vectors",
     "labeling_function",
     "labels_from_pm1",
     "labels_to_pm1",

@@ -36,13 +36,18 @@ P(\lambda_{j,W} \mid \bar Y_W)`, computed exactly by enumerating the :math:`2^T`
 then marginalised per element. The votes of a correlated pair enter with weight :math:`1/(1+\rho_{jl})`
 each, :math:`\rho_{jl}` their recovered conditional correlation (a tempered composite likelihood: the
 joint factor of the pair is not modelled exactly). A sequence with no votes gets the prior marginals.
+
+API. ``Dugong`` is a :class:`~jaxflash.ws.LabelModel` (``fit / predict_proba / predict / score / save /
+load``) with two differences that multi-resolution sources force. Its input is a list of vote arrays,
+one ``[n, T // w_j]`` per source, not one ``[n, m]`` label matrix: sources of different resolutions cast
+different numbers of votes per sequence. Its outputs have a label per *element*: ``predict_proba`` is
+``[n, T, 2]``, ``predict`` ``[n, T]``, and ``score`` takes ``Y`` ``[n, T]``. Ties follow ``tie_policy``
+as in every label model (``"prior"`` uses ``[1 - prior_pos, prior_pos]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,7 +55,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflash.ws.label_matrix import ABSTAIN, check_labels
+from jaxflash.ws.base import LabelModel
+from jaxflash.ws.label_matrix import ABSTAIN, _as_numeric, check_labels, label_vectors
+from jaxflash.ws.triplets import aggregate_triplets, triplet_mask, triplet_values
 
 _MAX_T = 16
 
@@ -94,21 +101,23 @@ def _log_posterior(
     return out
 
 
-class Dugong:
-    """Multi-resolution sequential label model (see the module docstring for the derivation).
+class Dugong(LabelModel):
+    """Multi-resolution sequential label model (see the module docstring for the derivation and the API).
 
     Args:
       sequence_length: T, elements per sequence (<= 16: the posterior enumerates 2^T label vectors).
-      sources: one :class:`DugongSource` per source; ``window`` must divide T.
+      sources: one :class:`DugongSource` (or ``(name, window)`` pair) per source; ``window`` divides T.
       prior_pos, persistence: the chain prior (P(Y_t = class 1), lag-1 autocorrelation); ``fit`` can
         estimate both from ``Y_dev``.
       correlated_pairs: known dependent source pairs ``(j, l)`` (same window).
     """
 
+    cardinality = 2
+
     def __init__(
         self,
         sequence_length: int,
-        sources: Sequence[DugongSource],
+        sources: Sequence[DugongSource | tuple[str, int]],
         prior_pos: float = 0.5,
         persistence: float = 0.0,
         correlated_pairs: Sequence[tuple[int, int]] = (),
@@ -118,6 +127,7 @@ class Dugong:
                 f"sequence_length must be in 1..{_MAX_T} (exact posterior over 2^T label "
                 f"vectors), got {sequence_length}"
             )
+        sources = [s if isinstance(s, DugongSource) else DugongSource(*s) for s in sources]
         if len(sources) < 3:
             raise ValueError(f"Dugong needs at least 3 sources for the triplet recovery, got {len(sources)}")
         for s in sources:
@@ -130,17 +140,30 @@ class Dugong:
                 f"need 0 < prior_pos < 1 and -1 < persistence < 1, got {prior_pos}, {persistence}"
             )
         m = len(sources)
-        for j, o in correlated_pairs:
+        pairs = [tuple(int(x) for x in p) for p in correlated_pairs]
+        for j, o in pairs:
             if not (0 <= j < m and 0 <= o < m) or j == o:
                 raise ValueError(f"correlated pair {(j, o)} is not two distinct source indices 0..{m - 1}")
             if sources[j].window != sources[o].window:
                 raise ValueError(f"correlated pair {(j, o)} must have equal windows")
+        self._mask = triplet_mask(m, pairs)
+        lacking = np.flatnonzero(~self._mask.any(axis=(1, 2)))
+        if lacking.size:
+            raise ValueError(
+                f"source(s) {[sources[j].name for j in lacking]} have no pair of other sources independent "
+                "of them and of each other; the triplet recovery needs one (fewer correlated_pairs)"
+            )
         self.T = sequence_length
-        self.sources = list(sources)
+        self.sources = sources
         self.prior_pos = prior_pos
         self.persistence = persistence
-        self.correlated_pairs = [tuple(p) for p in correlated_pairs]
+        self.correlated_pairs = pairs
         self.fitted_ = False
+
+    @property
+    def class_balance_(self) -> np.ndarray:  # type: ignore[override]
+        """``[1 - prior_pos, prior_pos]``: the per-element prior, used by ``tie_policy="prior"``."""
+        return np.array([1 - self.prior_pos, self.prior_pos])
 
     # --- input ------------------------------------------------------------------------------------
     def _check_votes(self, votes: Sequence[Any]) -> list[np.ndarray]:
@@ -148,19 +171,18 @@ class Dugong:
             raise ValueError(f"got votes for {len(votes)} sources, the model has {len(self.sources)}")
         out, n = [], None
         for s, v in zip(self.sources, votes, strict=True):
-            arr = np.asarray(v)
+            name = f"votes of source {s.name!r}"
+            arr = _as_numeric(v, name, votes=True)
             if arr.dtype.kind == "f" and np.isnan(arr).any():
-                raise ValueError(f"votes of source {s.name!r} contain NaN; encode a missing vote as -1")
+                raise ValueError(f"{name} contain NaN; encode a missing vote as -1")
             expect = self.T // s.window
             if arr.ndim != 2 or arr.shape[1] != expect:
-                raise ValueError(
-                    f"votes of source {s.name!r} (window {s.window}) must be [n, {expect}], got {arr.shape}"
-                )
+                raise ValueError(f"{name} (window {s.window}) must be [n, {expect}], got {arr.shape}")
             if n is not None and arr.shape[0] != n:
                 raise ValueError(f"source {s.name!r} has {arr.shape[0]} sequences, others {n}")
             n = arr.shape[0]
             if not np.isin(arr, (ABSTAIN, 0, 1)).all():
-                raise ValueError(f"votes of source {s.name!r} must be -1 (abstain), 0 or 1")
+                raise ValueError(f"{name} must be -1 (abstain), 0 or 1")
             out.append(np.where(arr == ABSTAIN, 0.0, 2.0 * arr - 1.0))  # +-1 / 0
         if not n:
             raise ValueError("no sequences")
@@ -195,23 +217,14 @@ class Dugong:
                 K = A[j] @ C @ A[o].T  # E[Ybar_A Ybar_B]
                 M = V[j].T @ V[o] / n
                 g[j, o] = g[o, j] = np.sum(K * M) / np.sum(K * K)
-        dep = np.zeros((m, m), bool)
-        for j, o in self.correlated_pairs:
-            dep[j, o] = dep[o, j] = True
-        a = np.zeros(m)
-        for j in range(m):
-            cands = []
-            for o in range(m):
-                for k in range(o + 1, m):
-                    if j in (o, k) or dep[j, o] or dep[j, k] or dep[o, k] or g[o, k] == 0:
-                        continue
-                    cands.append(np.sqrt(abs(g[j, o] * g[j, k] / g[o, k])))
-            if not cands:
-                raise ValueError(
-                    f"source {self.sources[j].name!r} has no pair of other sources independent "
-                    "of it and of each other; the triplet recovery needs one"
-                )
-            a[j] = np.median(cands)
+        a = aggregate_triplets(triplet_values(g), self._mask, "triplet_median", drop_uninformative=True)
+        lacking = np.flatnonzero(a == 0)
+        if lacking.size:
+            raise ValueError(
+                f"source(s) {[self.sources[j].name for j in lacking]} have no informative triplet (two "
+                "other sources that co-vote with them and with each other); their accuracy cannot be "
+                "recovered"
+            )
         beta = np.array([np.mean(v != 0) for v in V])
         self.a_ = a
         self.coverage_ = beta
@@ -232,11 +245,6 @@ class Dugong:
         return self
 
     # --- posterior ---------------------------------------------------------------------------------
-    def _configs(self) -> np.ndarray:
-        """[2^T, T] label vectors in +-1, lexicographic (element 0 most significant)."""
-        bits = (np.arange(2**self.T)[:, None] >> np.arange(self.T - 1, -1, -1)) & 1
-        return 2.0 * bits - 1.0
-
     def _log_prior(self, Y: np.ndarray) -> np.ndarray:
         p, r = self.prior_pos, self.persistence
         stay_pos = 1 - (1 - r) * (1 - p)
@@ -248,10 +256,9 @@ class Dugong:
 
     def predict_proba(self, votes: Sequence[Any]) -> np.ndarray:
         """Per-element posteriors ``[n, T, 2]``: ``P(Y_t = class | votes)``."""
-        if not self.fitted_:
-            raise ValueError("Dugong is not fitted: call fit(votes) first")
+        self._check_fitted()
         V = self._check_votes(votes)
-        Y = self._configs()
+        Y = 2.0 * label_vectors(self.T) - 1.0  # [2^T, T] in +-1
         pos, neg, up, down = [], [], [], []
         for j, (s, v) in enumerate(zip(self.sources, V, strict=True)):
             ybar = Y @ _window_matrix(self.T, s.window).T  # [2^T, windows]
@@ -270,32 +277,19 @@ class Dugong:
         p1 = post @ (Y > 0).astype(np.float64)  # [n, T]
         return np.stack([1 - p1, p1], axis=-1)
 
-    def predict(self, votes: Sequence[Any]) -> np.ndarray:
-        """Per-element labels ``[n, T]`` (argmax of the marginal; ties -> class 0)."""
-        return (self.predict_proba(votes)[..., 1] > 0.5).astype(np.int32)
-
-    def score(self, votes: Sequence[Any], Y: Any, metrics: Sequence[str] = ("accuracy",)) -> dict[str, float]:
-        from jaxflash.ws.base import classification_metrics
-
-        pred = self.predict(votes).reshape(-1)
-        Y = check_labels(np.asarray(Y).reshape(-1), n=pred.size, cardinality=2)
-        return classification_metrics(Y, pred, metrics, 2)
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Configuration (JSON) and fitted arrays in one ``.npz``; no pickle."""
-        if not self.fitted_:
-            raise ValueError("Dugong is not fitted: call fit(votes) first")
-        meta = dict(
+    # --- persistence -------------------------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        return dict(
             sequence_length=self.T,
             sources=[[s.name, s.window] for s in self.sources],
             prior_pos=self.prior_pos,
             persistence=self.persistence,
             correlated_pairs=[list(p) for p in self.correlated_pairs],
         )
-        corr = np.array([self.correlations_[tuple(p)] for p in self.correlated_pairs], np.float64)
-        np.savez(
-            path,
-            __meta__=np.array(json.dumps(meta)),
+
+    def _params(self) -> dict[str, np.ndarray]:
+        corr = np.array([self.correlations_[p] for p in self.correlated_pairs], np.float64)
+        return dict(
             a=self.a_,
             coverage=self.coverage_,
             accuracies=self.accuracies_,
@@ -303,22 +297,9 @@ class Dugong:
             correlations=corr,
         )
 
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Dugong:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["__meta__"]))
-            arrays = {k: data[k] for k in data.files if k != "__meta__"}
-        model = cls(
-            meta["sequence_length"],
-            [DugongSource(n, w) for n, w in meta["sources"]],
-            meta["prior_pos"],
-            meta["persistence"],
-            [tuple(p) for p in meta["correlated_pairs"]],
-        )
-        model.a_, model.coverage_ = arrays["a"], arrays["coverage"]
-        model.accuracies_, model._weights = arrays["accuracies"], arrays["weights"]
-        model.correlations_ = {
-            tuple(p): float(c) for p, c in zip(model.correlated_pairs, arrays["correlations"], strict=True)
+    def _set_params(self, params: dict[str, np.ndarray]) -> None:
+        self.a_, self.coverage_ = params["a"], params["coverage"]
+        self.accuracies_, self._weights = params["accuracies"], params["weights"]
+        self.correlations_ = {
+            p: float(c) for p, c in zip(self.correlated_pairs, params["correlations"], strict=True)
         }
-        model.fitted_ = True
-        return model

@@ -18,6 +18,12 @@ LF already cast are never changed. An LF with an empty support is never extended
 Thresholds are chosen on labelled dev data only (:meth:`Epoxy.select_thresholds`): independently per LF,
 the radius maximising (correct - wrong) among the *new* votes it would add on dev; an LF whose best net
 gain is not positive is not extended (threshold ``inf`` for cosine, ``-inf`` for l2).
+
+Why ``Epoxy`` is not a :class:`~jaxflash.ws.LabelModel`: its output is a label matrix, not class
+probabilities, so it has no ``predict_proba`` of its own; any label model then reads the extended votes,
+as in the paper (FlyingSquid). It shares the :class:`~jaxflash.ws.base.Estimator` base (``fit``, ``save``,
+``load``). The label-model form, extension followed by FlyingSquid, is
+``Liger(n_clusters=1, balance_grid=[p])`` (:mod:`jaxflash.ws.liger`: one part, class balance ``[1 - p, p]``).
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxflash.ws.base import Estimator
 from jaxflash.ws.label_matrix import ABSTAIN, check_label_matrix, check_labels
 
 Metric = Literal["cosine", "l2"]
-_CHUNK_ELEMENTS = 1 << 24  # query-chunk x n_lfs x n_train scores held at once
+_CHUNK_ELEMENTS = 1 << 24  # query-batch x n_lfs x n_train scores held at once by default
 
 
 def _check_embeddings(emb: Any, n: int, name: str) -> np.ndarray:
@@ -78,12 +85,13 @@ def _nearest_support(
     return best.reshape(q, -1), vote.reshape(q, -1)
 
 
-class Epoxy:
+class Epoxy(Estimator):
     """Nearest-supporting-neighbour extension of LF votes (see the module docstring).
 
     Usage: ``Epoxy("cosine").fit(L_train, emb_train)``, then ``select_thresholds(L_dev, emb_dev, Y_dev)``
     (or pass thresholds yourself), then ``extend(L, emb)`` for any split; fit a label model on the
-    extended train matrix and predict on extended test.
+    extended train matrix and predict on extended test. ``save``/``load`` keep the training votes and
+    embeddings (the neighbours are searched among them) and the thresholds.
     """
 
     def __init__(self, metric: Metric = "cosine"):
@@ -91,21 +99,21 @@ class Epoxy:
             raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
         self.metric = metric
         self.thresholds_: np.ndarray | None = None
+        self.fitted_ = False
 
     def fit(self, L_train: Any, emb_train: Any) -> Epoxy:
         L_train = check_label_matrix(L_train, name="L_train")
         self.L_train_ = L_train
         self.emb_train_ = _check_embeddings(emb_train, L_train.shape[0], "emb_train")
+        self.fitted_ = True
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "L_train_"):
-            raise ValueError("Epoxy is not fitted: call fit(L_train, emb_train) first")
-
-    def nearest(self, emb: Any) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(self, emb: Any, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(closeness [n, m], vote [n, m])`` of each LF's nearest supporting training point.
 
         Closeness is the cosine similarity, or the negated L2 distance; ``-inf`` where the LF never votes.
+        ``batch_size``: query points scored at once (default: about 2^24 ``batch x n_lfs x n_train``
+        scores); the result does not depend on it.
         """
         self._check_fitted()
         emb = np.asarray(emb, np.float32)
@@ -113,7 +121,11 @@ class Epoxy:
             raise ValueError(f"embeddings must be [n, {self.emb_train_.shape[1]}], got {emb.shape}")
         n = emb.shape[0]
         m, t = self.L_train_.shape[1], self.L_train_.shape[0]
-        chunk = int(max(1, min(n, _CHUNK_ELEMENTS // max(m * t, 1))))
+        if batch_size is None:
+            batch_size = _CHUNK_ELEMENTS // max(m * t, 1)
+        elif batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunk = int(max(1, min(n, batch_size)))
         pad = (-n) % chunk
         query = np.concatenate([emb, np.zeros((pad, emb.shape[1]), np.float32)]) if pad else emb
         support = (self.L_train_ != ABSTAIN).T
@@ -176,3 +188,17 @@ class Epoxy:
                 out[i] = cands[j] if self.metric == "cosine" else -cands[j]
         self.thresholds_ = out
         return out
+
+    # --- persistence -------------------------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        return {"metric": self.metric}
+
+    def _params(self) -> dict[str, np.ndarray]:
+        params = {"L_train": self.L_train_, "emb_train": self.emb_train_}
+        if self.thresholds_ is not None:
+            params["thresholds"] = self.thresholds_
+        return params
+
+    def _set_params(self, params: dict[str, np.ndarray]) -> None:
+        self.fit(params["L_train"], params["emb_train"])
+        self.thresholds_ = params.get("thresholds")

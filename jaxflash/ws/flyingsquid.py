@@ -5,15 +5,37 @@ Triplet Methods", ICML 2020 (arXiv 2002.11955).
 
 Model. A latent task ``Y`` in {-1,+1} and LFs lambda_i in {-1, 0 (abstain), +1}, conditionally independent
 given ``Y`` unless an LF-LF edge is declared. In the binary Ising model, for LFs ``i, j`` that ``Y``
-separates, :math:`E[\lambda_i \lambda_j] = E[\lambda_i Y] E[\lambda_j Y]` (``Y^2 = 1``). So for any
-triplet ``i, j, k`` separated by ``Y``,
+separates, :math:`E[\lambda_i \lambda_j] = E[\lambda_i Y] E[\lambda_j Y]` (``Y^2 = 1``). So for any triplet
+``i, j, k`` separated by ``Y`` (:mod:`jaxflash.ws.triplets`),
 
 .. math::  |a_i| = |E[\lambda_i Y]| = \sqrt{|M_{ij} M_{ik} / M_{jk}|},\qquad M = L^\top L / n
 
-with abstains counted as 0 in ``M`` (uncentred, over all rows). A triplet whose ``M_jk = 0`` gives 0.
-``solve_method``: ``"triplet"`` uses one triplet per LF (a seeded greedy partition of the LFs),
-``"triplet_mean"`` / ``"triplet_median"`` aggregate over every valid pair ``(j, k)``. Signs follow
-FlyingSquid's ``all_positive`` recovery: every LF is assumed better than random (``a_i >= 0``).
+with abstains counted as 0 in ``M`` (uncentred, over all rows). ``solve_method``: ``"triplet"`` uses one
+triplet per LF (a seeded greedy partition of the LFs), ``"triplet_mean"`` / ``"triplet_median"`` aggregate
+over every valid pair ``(j, k)``. Signs follow FlyingSquid's ``all_positive`` recovery: every LF is assumed
+better than random (``a_i >= 0``).
+
+Degenerate matrices. A triplet with a zero moment (two of its LFs never vote on the same rows) carries no
+information about :math:`a_i`; it is left out of the mean/median (``drop_zero_triplets=True``, as in
+FlyingSquid's GitHub code; the PyPI release counted it as 0, which pulls sparse LFs toward accuracy 0).
+What the informative triplets cannot estimate gets a fallback, each announced by a ``UserWarning`` that
+names the LF columns:
+
+* an LF that votes but has no informative triplet (it never co-votes with two LFs that co-vote with each
+  other), or whose estimate is 0 (a median over mostly zero triplets with ``drop_zero_triplets=False``),
+  gets the mean conditional accuracy :math:`\bar\alpha` of the estimated LFs,
+  :math:`\alpha_j = a_j / P(\lambda_j \ne 0)`, at its own coverage:
+  :math:`a_i = P(\lambda_i \ne 0)\,\bar\alpha`;
+* if no LF can be estimated (no three LFs co-vote pairwise), the model falls back to majority vote:
+  ``predict_proba`` is :class:`~jaxflash.ws.MajorityVote`'s (per frame for ``v > 1``), ties follow
+  ``tie_policy``, and ``estimated_accuracies()`` reports every LF at :math:`P(\lambda_i = Y \mid
+  \lambda_i \ne 0) = 0.7`;
+* an LF that never votes in ``L`` (an error unless ``fit(..., allow_silent_lfs=True)``) has
+  :math:`a_i = 0` exactly and no effect on the posterior.
+
+So every LF that votes in ``L`` has a nonzero weight in the posterior, and a row with votes is tied only
+when its weighted votes and the prior cancel exactly: with a uniform prior, a row with a single vote
+predicts that vote (snorkel's LabelModel does not abstain there either).
 
 Clique marginals. With abstains, :math:`P(\lambda_i Y = 1) = \tfrac12(1 + a_i - P(\lambda_i = 0))`, so
 ``estimated_accuracies()`` is the **joint** :math:`P(\lambda_i = Y)` (an abstain counts as "not equal").
@@ -43,6 +65,24 @@ F1 0.816 with class balance [0.4, 0.6] and ``triplet_median``). ``posterior="bay
 :math:`P(Y) \prod_c P(\lambda_c | Y)`. An all-abstain row gets the prior (``bayes``) or the normalised
 squared prior (``flyingsquid``). Zero clique entries are floored at 1e-12 before the log so no row is NaN.
 
+Assumptions snorkel's LabelModel (MeTaL) does not make; both assume LFs conditionally independent given
+``Y`` (FlyingSquid can relax it for declared ``lambda_edges``) and need at least 3 LFs:
+
+* **abstaining is independent of the class**: :math:`P(\lambda_i = 0 \mid Y) = P(\lambda_i = 0)`. snorkel
+  models :math:`P(\lambda_i = j \mid Y = y)` for the votes only, so an LF's abstain rate may depend on the
+  class; one-sided LFs (votes for one class only) break FlyingSquid's assumption, and then
+  ``estimated_accuracies() / coverage`` can exceed 1;
+* **binary, symmetric accuracies**: the identity :math:`E[\lambda_i\lambda_j] = a_i a_j` holds when
+  :math:`E[\lambda_i \mid Y] = a_i Y`, i.e. an LF is as accurate on class 0 as on class 1; snorkel fits a
+  class-by-class table per LF. ``k > 2`` classes are one-vs-rest binary models (below), not one joint model;
+* **every LF better than random** (all-positive signs), where snorkel breaks the sign symmetry with its
+  ``prec_init`` and a class-permutation step;
+* **the triplet method's requirements**: each LF needs two partners that co-vote with it and with each
+  other (an informative triplet), else the fallback above; a declared dependent pair is never in one
+  triplet, so ``lambda_edges`` must leave every LF a triplet of independent LFs;
+* the default posterior counts the class prior twice (parity with the original package, above), where
+  snorkel counts it once (``posterior="bayes"``).
+
 Multi-class (``cardinality = k > 2``): one-vs-rest as in paper appendix C.2: for class c, a vote for c is
 +1, a vote for another class -1, an abstain 0; each binary model gets class balance
 :math:`[1 - p_c, p_c]`. All k models are fitted at once (``vmap``). The k posteriors
@@ -56,14 +96,16 @@ Cost: one jitted pass over the data, O(n m^2) (the Gram matrix ``M``), then an O
 Temporal model (``v > 1``): ``L`` has ``v * m_frame`` columns, frame ``t`` in columns
 ``t*m_frame .. (t+1)*m_frame - 1`` (FlyingSquid's reshape of v consecutive frames into one row); LF columns
 of frame t connect to ``Y_t`` and the ``Y_t`` form a chain with prior ``class_balance`` over the ``2^v``
-label vectors in lexicographic order (Y_0 most significant, -1 < +1, i.e. class 0 < class 1). Triplets
-are taken within a frame (each frame needs >= 3 LFs). The posterior over the ``2^v`` vectors is the exact
-:math:`P(\mathbf{Y}) \prod_i \mu_i(\lambda_i, Y_{t(i)}) / P(Y_{t(i)})`;
-:meth:`FlyingSquid.predict_proba_marginalized` gives per-frame marginals.
+label vectors in lexicographic order (:func:`~jaxflash.ws.label_vectors`). Triplets are taken within a
+frame (each frame needs >= 3 LFs). The posterior over the ``2^v`` vectors is the exact
+:math:`P(\mathbf{Y}) \prod_i \mu_i(\lambda_i, Y_{t(i)}) / P(Y_{t(i)})`; ``predict`` gives the frames of the
+most likely vector (a tie between vectors follows ``tie_policy``, ``-1`` on every frame for ``"abstain"``)
+and :meth:`FlyingSquid.predict_proba_marginalized` gives per-frame marginals.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import Any, Literal
 
@@ -71,60 +113,74 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflash.ws.base import LabelModel
+from jaxflash.ws.base import LabelModel, TiePolicy
 from jaxflash.ws.label_matrix import (
     ABSTAIN,
     check_cardinality,
     check_class_balance,
     check_label_matrix,
     check_labels,
+    label_vectors,
     pad_rows_int8,
     row_blocks,
 )
+from jaxflash.ws.majority import MajorityVote
+from jaxflash.ws.triplets import (
+    SOLVE_METHODS,
+    SolveMethod,
+    aggregate_triplets,
+    single_triplets,
+    triplet_mask,
+    triplet_values,
+)
 
-SolveMethod = Literal["triplet", "triplet_mean", "triplet_median"]
 _LOG_FLOOR = 1e-12
 _IPF_ITERS = 50
+# P(vote correct | vote) reported for every LF when no triplet is informative (the majority-vote fallback).
+_FALLBACK_PRECISION = 0.7
 
 
-# --- estimator (pure, jitted) ------------------------------------------------------------------------
+# --- estimator: the closed form on the moments (NumPy float64) --------------------------------------
 
 
-def _to_pm1(L: jax.Array, cls: jax.Array) -> jax.Array:
-    """Snorkel-convention votes -> one-vs-rest +-1/0 for class ``cls`` (binary: cls=1)."""
-    return jnp.where(L == ABSTAIN, 0.0, jnp.where(L == cls, 1.0, -1.0)).astype(jnp.float32)
+# The closed form works on [m, m] moments only, so it is vectorized NumPy rather than jitted: for m up to a
+# few hundred it runs in milliseconds, while compiling it would cost more than the whole fit.
 
 
-# The closed-form estimator works on [m, m] moments only. It is vectorized NumPy in float64 rather than
-# jitted: for m <= a few hundred it runs in milliseconds, while compiling it would cost more than the whole
-# fit (the issue's "first call under one second"). The O(n m^2) pass over the data (_moments) is jitted.
+def _fill_inestimable(a: np.ndarray, p_vote: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``a`` [c, m] with the fallback of the module docstring where an LF votes but ``a_i = 0``.
 
-
-def _triplet_values(M: np.ndarray) -> np.ndarray:
-    """``vals[..., i, j, k] = sqrt(|M_ij M_ik / M_jk|)``, 0 where ``M_jk = 0``."""
-    num = M[..., :, :, None] * M[..., :, None, :]
-    den = M[..., None, :, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den == 0, 0.0, np.sqrt(np.abs(num / np.where(den == 0, 1.0, den))))
-
-
-def _aggregate(
-    vals: np.ndarray, mask: np.ndarray, partners: np.ndarray, method: str, drop_zero: bool
-) -> np.ndarray:
-    """Per-LF |E[lambda_i Y]| from the triplet values: one triplet, or mean/median over valid pairs."""
-    m = vals.shape[-1]
-    if method == "triplet":
-        return vals[..., np.arange(m), partners[:, 0], partners[:, 1]]
-    use = (mask & (vals != 0)) if drop_zero else np.broadcast_to(mask, vals.shape)
-    if method == "triplet_mean":
-        return np.sum(np.where(use, vals, 0.0), axis=(-2, -1)) / np.maximum(use.sum(axis=(-2, -1)), 1)
-    flat = np.where(use, vals, np.nan).reshape(*vals.shape[:-2], -1)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an LF with no nonzero triplet: all-NaN row
-            return np.nan_to_num(np.nanmedian(flat, axis=-1))
+    Returns ``(a, fallback, majority_vote)``: ``fallback`` [c, m] is True where ``a`` is the fallback's,
+    ``majority_vote`` whether no LF at all could be estimated.
+    """
+    voting = p_vote > 0.5 / n
+    fallback = voting & (a <= 0)
+    estimated = voting & ~fallback
+    if not fallback.any():
+        return a, fallback, False
+    if not estimated.any():
+        warnings.warn(
+            "FlyingSquid: no three LFs co-vote pairwise, so no triplet gives an accuracy estimate; the "
+            "model falls back to majority vote",
+            UserWarning,
+            stacklevel=3,
+        )
+        return np.where(fallback, p_vote * (2 * _FALLBACK_PRECISION - 1), a), fallback, True
+    alpha = np.clip(a / np.where(voting, p_vote, 1.0), 0.0, 1.0)  # E[lambda_i Y | lambda_i votes]
+    counts = estimated.sum(axis=-1)
+    per_class = np.where(estimated, alpha, 0.0).sum(axis=-1) / np.maximum(counts, 1)
+    per_class = np.where(counts > 0, per_class, alpha[estimated].mean())  # [c]
+    for k in np.flatnonzero(fallback.any(axis=-1)):
+        where = f" (one-vs-rest model of class {k})" if a.shape[0] > 1 else ""
+        warnings.warn(
+            f"FlyingSquid: LF column(s) {np.flatnonzero(fallback[k]).tolist()}{where} have no informative "
+            "triplet (two other LFs that co-vote with them and with each other), so their accuracy cannot "
+            "be estimated; they get the mean accuracy of the estimated LFs, "
+            f"P(vote correct | vote) = {(1 + per_class[k]) / 2:.3f}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return np.where(fallback, p_vote * per_class[:, None], a), fallback, False
 
 
 def _clique_marginals(
@@ -155,25 +211,12 @@ def _pair_marginals(joint: np.ndarray, pairs: np.ndarray, mu: np.ndarray) -> np.
     return q
 
 
-def _estimate(
-    M,
-    p_abstain,
-    p_pos,
-    joint,
-    py_lf,
-    mask,
-    partners,
-    pairs,
-    *,
-    method: str,
-    drop_zero: bool,
-    flip_negative: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Closed-form estimator on the moments (leading axes: one-vs-rest classes). Returns (mu, pair_mu, a)."""
-    a = _aggregate(_triplet_values(M), mask, partners, method, drop_zero)
-    mu = _clique_marginals(a, p_abstain, p_pos, py_lf, flip_negative)
-    pair_mu = _pair_marginals(joint, pairs, mu) if len(pairs) else np.zeros((*M.shape[:-2], 0, 3, 3, 2))
-    return mu, pair_mu, a
+# --- the passes over the data (jitted) -------------------------------------------------------------
+
+
+def _to_pm1(L: jax.Array, cls: jax.Array) -> jax.Array:
+    """Snorkel-convention votes -> one-vs-rest +-1/0 for class ``cls`` (binary: cls=1)."""
+    return jnp.where(L == ABSTAIN, 0.0, jnp.where(L == cls, 1.0, -1.0)).astype(jnp.float32)
 
 
 def _level(Lpm: jax.Array) -> jax.Array:
@@ -199,7 +242,7 @@ def _moments_impl(L: jax.Array, n: jax.Array, cls: jax.Array, pairs: jax.Array):
         # One matmul gives everything: with X = [Lpm, 1], (X^T X)[:m, :m] = n M, its diagonal counts the
         # votes (lambda^2 = 1 when voting) and its last row sums the votes, so P(+1) = (votes + sum) / 2n.
         # Padding rows are all zero in Lpm, so the ones column adds nothing where it matters.
-        # (Column reductions of the [n, m] matrix are several times slower than this dot on XLA CPU.)
+        # One dot rather than column reductions of the [n, m] matrix, which XLA CPU runs much slower.
         X = jnp.concatenate([Lpm, jnp.ones((chunk, 1), Lpm.dtype)], axis=1)
         G = G + jnp.dot(X.T, X, precision=jax.lax.Precision.HIGHEST)
         if n_pairs:
@@ -268,7 +311,7 @@ def _frame_scores_rows(
 
 
 class FlyingSquid(LabelModel):
-    """FlyingSquid label model (see the module docstring for the estimator and its conventions).
+    """FlyingSquid label model (see the module docstring for the estimator, its fallbacks and assumptions).
 
     Args:
       cardinality: number of classes k (> 2 uses one-vs-rest); the temporal model (``v > 1``) is binary.
@@ -277,11 +320,18 @@ class FlyingSquid(LabelModel):
       solve_method: ``"triplet"``, ``"triplet_mean"`` (FlyingSquid's default) or ``"triplet_median"``.
       posterior: ``"flyingsquid"`` (parity with the original: prior squared) or ``"bayes"`` (exact);
         only ``"bayes"`` exists for ``v > 1``.
-      drop_zero_triplets: leave triplets with a zero value out of the mean/median (newer FlyingSquid code)
-        instead of counting them as 0 (the PyPI release); zero values come from LF pairs that never co-vote.
+      drop_zero_triplets: leave uninformative triplets (a zero moment: LFs that never co-vote) out of the
+        mean/median, as FlyingSquid's GitHub code does (default), instead of counting them as 0 as its
+        PyPI release does (``False``).
       flip_negative: flip negative clique entries (True) or clamp them to 1e-8 (False).
       multiclass_normalization: ``"sum"`` (normalise the k one-vs-rest posteriors) or ``"softmax"`` (WRENCH).
       triplet_seed: seed of the greedy triplet choice for ``solve_method="triplet"``.
+
+    Fitted attributes: ``a_`` [c, m] (:math:`|E[\\lambda_i Y]|` per one-vs-rest model, c = 1 when binary),
+    ``mu_`` [c, m, 3, 2] (clique marginals, vote level -1/+1/abstain by class), ``pair_mu_``
+    [c, P, 3, 3, 2] (dependent pairs), ``accuracy_fallback_`` [c, m] (True where ``a_`` is a fallback),
+    ``majority_vote_`` (True when no LF could be estimated and ``predict_proba`` is a majority vote),
+    ``class_balance_``.
     """
 
     def __init__(
@@ -291,7 +341,7 @@ class FlyingSquid(LabelModel):
         lambda_edges: list[tuple[int, int]] | tuple = (),
         solve_method: SolveMethod = "triplet_mean",
         posterior: Literal["flyingsquid", "bayes"] = "flyingsquid",
-        drop_zero_triplets: bool = False,
+        drop_zero_triplets: bool = True,
         flip_negative: bool = True,
         multiclass_normalization: Literal["sum", "softmax"] = "sum",
         triplet_seed: int = 0,
@@ -303,7 +353,7 @@ class FlyingSquid(LabelModel):
             raise ValueError("the temporal model (v > 1) is binary: use cardinality=2")
         if v > 12:
             raise ValueError(f"v={v}: the posterior enumerates 2^v label vectors; use v <= 12")
-        if solve_method not in ("triplet", "triplet_mean", "triplet_median"):
+        if solve_method not in SOLVE_METHODS:
             raise ValueError(
                 f"solve_method must be 'triplet', 'triplet_mean' or 'triplet_median', got {solve_method!r}"
             )
@@ -320,7 +370,6 @@ class FlyingSquid(LabelModel):
         self.flip_negative = flip_negative
         self.multiclass_normalization = multiclass_normalization
         self.triplet_seed = triplet_seed
-        self._require_votes = False
         self.fitted_ = False
 
     # --- structure ------------------------------------------------------------------------------------
@@ -334,7 +383,6 @@ class FlyingSquid(LabelModel):
                 f"the triplet method needs at least 3 LFs per frame, got {m_frame} ({m} columns, v={self.v})"
             )
         frame = np.arange(m) // m_frame
-        dep = np.zeros((m, m), bool)
         seen: set[int] = set()
         for i, j in self.lambda_edges:
             if not (0 <= i < m and 0 <= j < m) or i == j:
@@ -349,15 +397,7 @@ class FlyingSquid(LabelModel):
                     "of dependent LFs are supported"
                 )
             seen.update((i, j))
-            dep[i, j] = dep[j, i] = True
-        idx = np.arange(m)
-        distinct = (idx[:, None, None] != idx[None, :, None]) & (idx[:, None, None] != idx[None, None, :])
-        ordered = idx[None, :, None] < idx[None, None, :]
-        same_frame = (frame[:, None, None] == frame[None, :, None]) & (
-            frame[:, None, None] == frame[None, None, :]
-        )
-        independent = ~dep[:, :, None] & ~dep[:, None, :] & ~dep[None, :, :]
-        mask = distinct & ordered & same_frame & independent
+        mask = triplet_mask(m, self.lambda_edges, group=frame)
         no_triplet = np.flatnonzero(~mask.any(axis=(1, 2)))
         if no_triplet.size:
             raise ValueError(
@@ -365,9 +405,7 @@ class FlyingSquid(LabelModel):
                 "each other given Y; the triplet method needs one (fewer lambda_edges or more LFs)"
             )
         self._mask = mask
-        self._partners = (
-            self._single_triplets(mask) if self.solve_method == "triplet" else np.zeros((m, 2), int)
-        )
+        self._partners = single_triplets(mask, self.triplet_seed) if self.solve_method == "triplet" else None
         pairs = np.array(sorted(tuple(sorted(e)) for e in self.lambda_edges), np.int32).reshape(-1, 2)
         singles = np.ones(m, np.float32)
         singles[pairs.ravel()] = 0.0
@@ -375,27 +413,6 @@ class FlyingSquid(LabelModel):
         self._frame = frame.astype(np.int32)
         self._pairs = pairs
         self._singles = singles
-
-    def _single_triplets(self, mask: np.ndarray) -> np.ndarray:
-        """Greedy, seeded partition into triplets (FlyingSquid's ``solve_method='triplet'``)."""
-        m = mask.shape[0]
-        order = np.random.default_rng(self.triplet_seed).permutation(m)
-        partners = -np.ones((m, 2), int)
-        sym = mask | mask.transpose(0, 2, 1)
-        for i in order:
-            if partners[i, 0] >= 0:
-                continue
-            free = [j for j in order if j != i and partners[j, 0] < 0]
-            cand = [(j, k) for a, j in enumerate(free) for k in free[a + 1 :] if sym[i, j, k]]
-            if not cand:  # leftover LF: borrow two LFs that already have a triplet
-                cand = [(j, k) for j in order for k in order if j < k and sym[i, j, k]]
-                j, k = cand[0]
-                partners[i] = sorted((j, k))
-                continue
-            j, k = cand[0]
-            for x, (y, z) in ((i, (j, k)), (j, (i, k)), (k, (i, j))):
-                partners[x] = sorted((y, z))
-        return partners
 
     # --- class balance -----------------------------------------------------------------------------
     def _class_balance(self, class_balance: Any, Y_dev: Any) -> np.ndarray:
@@ -408,7 +425,7 @@ class FlyingSquid(LabelModel):
                 if Yd.ndim != 2 or Yd.shape[1] != self.v:
                     raise ValueError(f"Y_dev for v={self.v} frames must be [n_dev, {self.v}], got {Yd.shape}")
                 Yd = check_labels(Yd.reshape(-1), cardinality=2, name="Y_dev").reshape(-1, self.v)
-                codes = Yd @ (2 ** np.arange(self.v - 1, -1, -1))
+                codes = Yd @ (1 << np.arange(self.v - 1, -1, -1))  # row index in label_vectors(v)
             else:
                 codes = check_labels(Yd, cardinality=self.cardinality, name="Y_dev")
             if codes.size == 0:
@@ -427,61 +444,66 @@ class FlyingSquid(LabelModel):
         """P(Y_t = 1) for each frame from the 2^v joint class balance."""
         if self.v == 1:
             return np.array([cb[1]]) if self.cardinality == 2 else cb
-        bits = (np.arange(2**self.v)[:, None] >> np.arange(self.v - 1, -1, -1)) & 1  # [2^v, v]
-        return cb @ bits
+        return cb @ label_vectors(self.v)
 
     # --- API ---------------------------------------------------------------------------------------
-    def fit(self, L: Any, class_balance: Any | None = None, Y_dev: Any | None = None) -> FlyingSquid:
+    def fit(
+        self,
+        L: Any,
+        class_balance: Any | None = None,
+        Y_dev: Any | None = None,
+        *,
+        allow_silent_lfs: bool = False,
+    ) -> FlyingSquid:
         """Estimates the clique marginals from ``L`` [n, m] (snorkel convention).
 
         Class balance, in order of precedence: ``class_balance`` (k entries; ``2^v`` for the temporal
-        model, lexicographic), counts of ``Y_dev`` ([n_dev], or [n_dev, v]), uniform.
+        model, lexicographic), counts of ``Y_dev`` ([n_dev], or [n_dev, v]), uniform. An LF that never
+        votes in ``L`` raises ``ValueError`` unless ``allow_silent_lfs`` (a rolling buffer or a part of
+        the data, where a sparse LF may be silent): then it has accuracy 0 and no effect on the posterior.
+        Fallbacks for LFs whose accuracy the triplets cannot estimate warn (see the module docstring).
         """
         L = check_label_matrix(L, cardinality=self.cardinality, min_lfs=3)
-        self._require_votes = True  # checked on the moments, saving a pass over L
-        try:
-            return self._fit(L, class_balance, Y_dev)
-        finally:
-            self._require_votes = False
-
-    def _fit(self, L: np.ndarray, class_balance: Any = None, Y_dev: Any = None) -> FlyingSquid:
-        if not getattr(self, "fitted_", False) or getattr(self, "m_", None) != L.shape[1]:
-            self._structure(L.shape[1])
+        n, m = L.shape
+        if not self.fitted_ or self.m_ != m:
+            self._structure(m)
         cb = self._class_balance(class_balance, Y_dev)
-        self.class_balance_ = cb
         py_frame = self._frame_marginals(cb)
         Lj = pad_rows_int8(L)
-        n = jnp.float32(L.shape[0])
         pairs = jnp.asarray(self._pairs)
         if self.cardinality == 2:
-            py_lf = py_frame[self._frame] if self.v > 1 else np.full(L.shape[1], py_frame[0])
-            moments = _moments(Lj, n, jnp.int32(1), pairs)
+            py_lf = (py_frame[self._frame] if self.v > 1 else np.full(m, py_frame[0]))[None]
+            moments = [np.asarray(x)[None] for x in _moments(Lj, jnp.float32(n), jnp.int32(1), pairs)]
         else:
-            py_lf = np.broadcast_to(cb[:, None], (self.cardinality, L.shape[1]))
-            moments = _moments_ovr(Lj, n, jnp.arange(self.cardinality, dtype=jnp.int32), pairs)
-        moments = [np.asarray(x, np.float64) for x in moments]
-        p_abstain = moments[1].reshape(-1, L.shape[1])[0]
-        silent = np.flatnonzero(p_abstain > 1 - 0.5 / L.shape[0])
-        if self._require_votes and silent.size:
+            py_lf = np.broadcast_to(cb[:, None], (self.cardinality, m))
+            moments = _moments_ovr(Lj, jnp.float32(n), jnp.arange(self.cardinality, dtype=jnp.int32), pairs)
+        M, p_abstain, p_pos, joint = (np.asarray(x, np.float64) for x in moments)  # leading axis: class
+        p_vote = 1.0 - p_abstain
+        silent = np.flatnonzero(p_vote[0] < 0.5 / n)  # the vote pattern is the same in every class
+        if silent.size and not allow_silent_lfs:
             raise ValueError(
                 f"labelling function(s) {silent.tolist()} never vote in L; drop those columns, "
                 "their accuracy cannot be estimated"
             )
-        mu, pair_mu, a = _estimate(
-            *moments,
-            py_lf,
+        a = aggregate_triplets(
+            triplet_values(M),
             self._mask,
-            self._partners,
-            self._pairs,
-            method=self.solve_method,
-            drop_zero=self.drop_zero_triplets,
-            flip_negative=self.flip_negative,
+            self.solve_method,
+            drop_uninformative=self.drop_zero_triplets,
+            partners=self._partners,
         )
-        if self.cardinality == 2:
-            mu, pair_mu, a = mu[None], pair_mu[None], a[None]
-        self.mu_ = np.asarray(mu, np.float64)  # [c, m, 3, 2]
-        self.pair_mu_ = np.asarray(pair_mu, np.float64)  # [c, P, 3, 3, 2]
-        self.a_ = np.asarray(a, np.float64)  # [c, m]
+        a, fallback, majority_vote = _fill_inestimable(a, p_vote, n)
+        mu = _clique_marginals(a, p_abstain, p_pos, py_lf, self.flip_negative)
+        if len(self._pairs):
+            pair_mu = _pair_marginals(joint, self._pairs, mu)
+        else:
+            pair_mu = np.zeros((mu.shape[0], 0, 3, 3, 2))
+        self.class_balance_ = cb
+        self.mu_ = mu  # [c, m, 3, 2]
+        self.pair_mu_ = pair_mu  # [c, P, 3, 3, 2]
+        self.a_ = a  # [c, m]
+        self.accuracy_fallback_ = fallback  # [c, m]
+        self.majority_vote_ = majority_vote
         self.fitted_ = True
         return self
 
@@ -499,7 +521,7 @@ class FlyingSquid(LabelModel):
         return self.mu_[:, :, 1, 1].sum(axis=0)
 
     def _log_scores(self, L: np.ndarray) -> np.ndarray:
-        """Unnormalised log posterior: [n, 2^v] (binary) or [c, n, 2] (one-vs-rest)."""
+        """Unnormalised log posterior: [1, n, 2^v] (binary) or [c, n, 2] (one-vs-rest)."""
         log_mu = np.log(np.maximum(self.mu_, _LOG_FLOOR))
         log_pair = np.log(np.maximum(self.pair_mu_, _LOG_FLOOR))
         py_frame = self._frame_marginals(self.class_balance_)
@@ -527,7 +549,7 @@ class FlyingSquid(LabelModel):
                 prior_power = 2.0 if (self.posterior == "flyingsquid" and n_cliques >= 2) else 1.0
                 outs.append(S[:, 0, :] + prior_power * log_py[0][None, :])
             else:
-                bits = (np.arange(2**self.v)[:, None] >> np.arange(self.v - 1, -1, -1)) & 1  # [2^v, v]
+                bits = label_vectors(self.v)  # [2^v, v]
                 with np.errstate(divide="ignore"):
                     log_cb = np.log(self.class_balance_)
                 outs.append(S[:, :, 0] @ (1 - bits).T + S[:, :, 1] @ bits.T + log_cb[None, :])
@@ -542,13 +564,15 @@ class FlyingSquid(LabelModel):
 
     def predict_proba(self, L: Any) -> np.ndarray:
         """``[n, k]`` class probabilities; for ``v > 1``, ``[n, 2^v]`` over label vectors (lexicographic)."""
-        scores = self._log_scores(self._check_L(L))
+        L = self._check_L(L)
+        if self.majority_vote_:
+            return self._majority_vote(L)
+        scores = self._log_scores(L)
         if self.cardinality == 2:
             s = scores[0]
             if s.shape[1] == 2:  # v == 1: the softmax of two scores is a logistic of their difference
                 d = s[:, 1] - s[:, 0]
-                # sigmoid(+-d) from e = exp(-|d|): no overflow, accurate when tiny (within a few ulp of
-                # the logaddexp form, 2x faster).
+                # sigmoid(+-d) from e = exp(-|d|): no overflow, and accurate when a probability is tiny.
                 e = np.exp(-np.abs(d))
                 big = 1.0 / (1.0 + e)  # the larger of the two probabilities
                 small = e * big
@@ -568,31 +592,37 @@ class FlyingSquid(LabelModel):
         total = pos.sum(axis=1, keepdims=True)
         return np.where(total > 0, pos / np.where(total > 0, total, 1.0), 1.0 / self.cardinality)
 
+    def _majority_vote(self, L: np.ndarray) -> np.ndarray:
+        """The fallback when no LF could be estimated: majority vote, per frame (joint = product)."""
+        mv = MajorityVote(self.cardinality)
+        if self.v == 1:
+            return mv.predict_proba(L)
+        m_frame = self.m_ // self.v
+        p1 = np.stack(
+            [mv.predict_proba(L[:, t * m_frame : (t + 1) * m_frame])[:, 1] for t in range(self.v)], 1
+        )
+        joint = np.ones((L.shape[0], 2**self.v))
+        for t, bit in enumerate(label_vectors(self.v).T):  # P(Y_t = bit) of each label vector
+            joint *= np.where(bit[None, :] == 1, p1[:, t : t + 1], 1.0 - p1[:, t : t + 1])
+        return joint
+
     def predict_proba_marginalized(self, L: Any) -> np.ndarray:
         """Per-frame marginals ``[n, v, 2]``: ``P(Y_t = class | lambda)``."""
         p = self.predict_proba(L)
         if self.v == 1:
             return p[:, None, :]
-        bits = (np.arange(2**self.v)[:, None] >> np.arange(self.v - 1, -1, -1)) & 1
-        p1 = p @ bits  # [n, v]
+        p1 = p @ label_vectors(self.v)  # [n, v]
         return np.stack([1.0 - p1, p1], axis=-1)
 
-    def predict(self, L: Any, *, tie_policy="abstain", key=None) -> np.ndarray:
-        """Hard labels: ``[n]`` classes, or ``[n, v]`` per-frame labels of the most likely label vector."""
+    def _labels_from_probs(
+        self, probs: np.ndarray, tie_policy: TiePolicy | None, key: jax.Array | None
+    ) -> np.ndarray:
+        """``[n]`` classes, or for ``v > 1`` ``[n, v]``: the frames of the most likely label vector."""
+        best = super()._labels_from_probs(probs, tie_policy, key)
         if self.v == 1:
-            return super().predict(L, tie_policy=tie_policy, key=key)
-        p = self.predict_proba(L)
-        bits = (np.arange(2**self.v)[:, None] >> np.arange(self.v - 1, -1, -1)) & 1
-        return bits[np.argmax(p, axis=1)].astype(np.int32)
-
-    def score(self, L: Any, Y: Any, metrics=("accuracy",), *, tie_policy="abstain", key=None):
-        if self.v == 1:
-            return super().score(L, Y, metrics, tie_policy=tie_policy, key=key)
-        from jaxflash.ws.base import classification_metrics
-
-        preds = self.predict(L).reshape(-1)
-        Y = check_labels(np.asarray(Y).reshape(-1), n=preds.size, cardinality=2)
-        return classification_metrics(Y, preds, metrics, 2)
+            return best
+        frames = label_vectors(self.v)[np.maximum(best, 0)]
+        return np.where(best[:, None] == ABSTAIN, ABSTAIN, frames).astype(np.int32)
 
     # --- persistence -----------------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
@@ -609,10 +639,19 @@ class FlyingSquid(LabelModel):
         )
 
     def _params(self) -> dict[str, np.ndarray]:
-        return {"mu": self.mu_, "pair_mu": self.pair_mu_, "a": self.a_, "class_balance": self.class_balance_}
+        return {
+            "mu": self.mu_,
+            "pair_mu": self.pair_mu_,
+            "a": self.a_,
+            "accuracy_fallback": self.accuracy_fallback_,
+            "majority_vote": np.array(self.majority_vote_),
+            "class_balance": self.class_balance_,
+        }
 
     def _set_params(self, params: dict[str, np.ndarray]) -> None:
         self.mu_, self.pair_mu_, self.a_ = params["mu"], params["pair_mu"], params["a"]
+        self.accuracy_fallback_ = params.get("accuracy_fallback", np.zeros(self.a_.shape, bool))
+        self.majority_vote_ = bool(params.get("majority_vote", False))
         self.class_balance_ = params["class_balance"]
         self._structure(self.mu_.shape[1])
 
@@ -621,9 +660,10 @@ class OnlineFlyingSquid:
     """FlyingSquid refitted on a rolling buffer (the paper's online learning; ``FSLoss`` in its code).
 
     :meth:`partial_fit` appends rows to a ring buffer of the last ``buffer_capacity`` rows; every
-    ``update_frequency`` appended rows the model is refitted on the buffer (an LF silent in the buffer is
-    tolerated: it gets accuracy 0 and does not move the posterior). :meth:`predict_proba` uses the latest
-    fit; it raises until the first refit.
+    ``update_frequency`` appended rows the model is refitted on the buffer with
+    ``FlyingSquid.fit(buffer, class_balance, allow_silent_lfs=True)`` (an LF silent in the buffer gets
+    accuracy 0 and does not move the posterior). :meth:`predict_proba` uses the latest fit; it raises
+    until the first refit.
     """
 
     def __init__(
@@ -654,6 +694,7 @@ class OnlineFlyingSquid:
         return np.roll(self._buffer, -start, axis=0)[:filled]
 
     def partial_fit(self, L_batch: Any) -> OnlineFlyingSquid:
+        """Appends the rows of ``L_batch`` and refits every ``update_frequency`` rows."""
         L_batch = check_label_matrix(L_batch, cardinality=self.model.cardinality, name="L_batch")
         if self._buffer is None:
             self._buffer = np.full((self.buffer_capacity, L_batch.shape[1]), ABSTAIN, np.int32)
@@ -664,7 +705,7 @@ class OnlineFlyingSquid:
             self._count += 1
             self._since_fit += 1
             if self._since_fit >= self.update_frequency:
-                self.model._fit(self.buffer, self.class_balance)
+                self.model.fit(self.buffer, self.class_balance, allow_silent_lfs=True)
                 self._since_fit = 0
                 self.n_refits += 1
         return self

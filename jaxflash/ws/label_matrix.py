@@ -22,10 +22,17 @@ import numpy as np
 ABSTAIN = -1
 
 
-def _as_numeric(x: Any, name: str) -> np.ndarray:
+def _as_numeric(x: Any, name: str, *, votes: bool = False) -> np.ndarray:
+    """``x`` as a NumPy array of a numeric dtype. ``votes``: a label matrix, where booleans are refused
+    (False would silently become class 0, not an abstain)."""
     arr = np.asarray(x)
     if arr.dtype == object:
         raise ValueError(f"{name} must be a numeric array, got dtype=object")
+    if votes and arr.dtype.kind == "b":
+        raise ValueError(
+            f"{name} is a boolean array; encode votes as ints: -1 = abstain, 0..k-1 = classes "
+            f"(e.g. np.where({name}, 1, -1) for 'votes class 1 or abstains')"
+        )
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be a numeric array, got dtype={arr.dtype}")
     return arr
@@ -54,11 +61,11 @@ def check_label_matrix(
 ) -> np.ndarray:
     """Validates ``L`` against the convention and returns it as an ``int32`` NumPy array.
 
-    Raises ``ValueError`` naming what is wrong: not 2-D, no rows, fewer than ``min_lfs`` columns, NaN or
-    non-integer entries, values outside ``{-1, 0, .., cardinality-1}``, or (``require_votes``) an LF that
-    never votes.
+    Raises ``ValueError`` naming what is wrong: booleans, not 2-D, no rows, fewer than ``min_lfs`` columns,
+    NaN or non-integer entries, values outside ``{-1, 0, .., cardinality-1}``, or (``require_votes``) an LF
+    that never votes.
     """
-    arr = _as_numeric(L, name)
+    arr = _as_numeric(L, name, votes=True)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D [n_points, n_lfs], got shape {arr.shape}")
     if arr.shape[0] == 0:
@@ -151,8 +158,7 @@ def pad_rows_int8(L: np.ndarray) -> jax.Array:
 
 
 # Rows per step of the label models' jitted passes over L: a chunk's f32 intermediates (8192 x m) stay in
-# cache, where one [n, m] f32 matrix would be written out and read back (FlyingSquid's moments: 3x
-# slower at n = 10^6, m = 20 on 2 cores).
+# cache, where one [n, m] f32 matrix would be written to memory and read back.
 ROW_CHUNK = 8192
 
 
@@ -165,33 +171,47 @@ def row_blocks(L: jax.Array) -> jax.Array:
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: Any, align: int = 64) -> np.ndarray:
-    """An uninitialised array whose data starts on an ``align``-byte boundary. JAX's CPU client adopts such
-    a buffer without copying (``may_alias``); NumPy's own allocations are only 16-byte aligned, and copying
-    20 MB costs ~12 ms, a quarter of a warm fit at n = 10^6."""
+    """An uninitialised array whose data starts on an ``align``-byte boundary: JAX's CPU client adopts such
+    a buffer without copying (``may_alias``), while NumPy's own allocations are only 16-byte aligned."""
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     raw = np.empty(nbytes + align, np.uint8)
     offset = -raw.ctypes.data % align
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
+def label_vectors(v: int) -> np.ndarray:
+    """``[2^v, v]`` int: every vector of ``v`` binary labels (0/1), in lexicographic order.
+
+    Row ``r`` is the binary expansion of ``r`` with element 0 most significant, so class 0 comes before
+    class 1 (FlyingSquid's order: -1 < +1). This is the column order of the temporal
+    :meth:`FlyingSquid.predict_proba <jaxflash.ws.FlyingSquid.predict_proba>` and of a ``2^v`` class balance.
+    """
+    if v < 1:
+        raise ValueError(f"v must be >= 1, got {v}")
+    return (np.arange(2**v)[:, None] >> np.arange(v - 1, -1, -1)) & 1
+
+
 # --- conversions -------------------------------------------------------------------------------------
+
+
+def _ternary(x: Any, name: str, allowed: str) -> np.ndarray:
+    """``x`` as int32 after checking that every entry is -1, 0 or 1 (``allowed`` names their meaning)."""
+    arr = _integer_valued(_as_numeric(x, name, votes=True), name)
+    bad = ~np.isin(arr, (-1, 0, 1))
+    if bad.any():
+        raise ValueError(f"{name} must hold {allowed}, found {int(arr[bad][0])}")
+    return arr
 
 
 def from_flyingsquid(L_fs: Any) -> np.ndarray:
     """FlyingSquid's binary convention (0 abstain, -1/+1) -> snorkel's (-1 abstain, 0/1)."""
-    arr = _integer_valued(_as_numeric(L_fs, "L_fs"), "L_fs")
-    bad = ~np.isin(arr, (-1, 0, 1))
-    if bad.any():
-        raise ValueError(f"L_fs must hold -1, 0 (abstain) or +1, found {int(arr[bad][0])}")
+    arr = _ternary(L_fs, "L_fs", "-1, 0 (abstain) or +1")
     return np.where(arr == 0, ABSTAIN, (arr + 1) // 2).astype(np.int32)
 
 
 def to_flyingsquid(L: Any) -> np.ndarray:
     """Snorkel's convention (-1 abstain, 0/1) -> FlyingSquid's (0 abstain, -1/+1); binary only."""
-    arr = _integer_valued(_as_numeric(L, "L"), "L")
-    bad = ~np.isin(arr, (-1, 0, 1))
-    if bad.any():
-        raise ValueError(f"to_flyingsquid needs a binary matrix (-1, 0, 1), found {int(arr[bad][0])}")
+    arr = _ternary(L, "L", "-1 (abstain), 0 or 1: to_flyingsquid needs a binary matrix")
     return np.where(arr == ABSTAIN, 0, 2 * arr - 1).astype(np.int32)
 
 
@@ -257,13 +277,42 @@ def label_coverage(L: Any) -> float:
 # --- labelling functions ------------------------------------------------------------------------------
 
 
+def _lf_error(name: str, value: Any, where: str, cardinality: int | None) -> ValueError:
+    classes = "0..k-1" if cardinality is None else f"0..{cardinality - 1} (cardinality={cardinality})"
+    return ValueError(
+        f"labelling function {name!r} returned {value!r}{where}; an LF returns an int class {classes}, "
+        "or ABSTAIN (-1) / None to abstain"
+    )
+
+
+def _check_lf_column(name: str, values: Any, cardinality: int | None) -> np.ndarray:
+    """One LF's outputs as int32: ints (not bools or floats) in ``-1..cardinality-1``, ``None`` = abstain."""
+    if isinstance(values, np.ndarray):
+        col = values
+        if col.dtype.kind not in "iu":
+            first = col.flat[0].item() if col.size else None
+            raise _lf_error(name, first, f" (an array of dtype {col.dtype})", cardinality)
+    else:
+        for r, v in enumerate(values):
+            if isinstance(v, bool | np.bool_) or not isinstance(v, int | np.integer):
+                raise _lf_error(name, v, f" for record {r}", cardinality)
+        col = np.array(values, np.int64).reshape(-1)
+    hi = np.inf if cardinality is None else cardinality - 1
+    bad = (col < ABSTAIN) | (col > hi)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise _lf_error(name, int(col[r]), f" for record {r}", cardinality)
+    return col.astype(np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelingFunction:
     """A named labelling function.
 
     ``fn(record) -> int`` returns a class ``0..k-1`` or ``ABSTAIN`` (-1); ``None`` counts as abstain. With
-    ``vectorized=True``, ``fn(records) -> array [len(records)]`` labels a whole batch at once (e.g. a
-    regular expression over a NumPy array of strings, a threshold over a feature column).
+    ``vectorized=True``, ``fn(records) -> array [len(records)]`` of ints labels a whole batch at once (e.g.
+    a regular expression over a NumPy array of strings, a threshold over a feature column). Any other
+    output (a bool, a float, a string, a value below -1) raises ``ValueError`` naming the LF and the value.
     """
 
     name: str
@@ -272,9 +321,9 @@ class LabelingFunction:
 
     def __call__(self, record: Any) -> int:
         if self.vectorized:
-            return int(np.asarray(self.fn([record]))[0])
+            return int(_check_lf_column(self.name, np.asarray(self.fn([record])), None)[0])
         out = self.fn(record)
-        return ABSTAIN if out is None else int(out)
+        return int(_check_lf_column(self.name, [ABSTAIN if out is None else out], None)[0])
 
 
 def labeling_function(
@@ -288,13 +337,22 @@ def labeling_function(
     return wrap
 
 
-def apply_lfs(lfs: Sequence[LabelingFunction], records: Iterable[Any] | Sequence[Any]) -> np.ndarray:
+def apply_lfs(
+    lfs: Sequence[LabelingFunction],
+    records: Iterable[Any] | Sequence[Any],
+    *,
+    cardinality: int | None = None,
+) -> np.ndarray:
     """Applies the LFs to the records; returns ``L`` of shape ``[n_records, len(lfs)]`` (int32).
 
-    Vectorized LFs see the whole batch in one call; the others are called once per record.
+    Vectorized LFs see the whole batch in one call; the others are called once per record. Every output
+    must be an int in ``-1..cardinality-1`` (only ``>= -1`` without ``cardinality``) or ``None``; anything
+    else raises ``ValueError`` naming the LF, the value and the record.
     """
     if len(lfs) == 0:
         raise ValueError("apply_lfs needs at least one labelling function")
+    if cardinality is not None:
+        check_cardinality(cardinality)
     names = [lf.name for lf in lfs]
     if len(set(names)) != len(names):
         raise ValueError(f"labelling function names must be unique, got {names}")
@@ -308,6 +366,6 @@ def apply_lfs(lfs: Sequence[LabelingFunction], records: Iterable[Any] | Sequence
                     f"vectorized LF {lf.name!r} returned shape {col.shape}, expected ({len(records)},)"
                 )
         else:
-            col = np.array([ABSTAIN if (v := lf.fn(r)) is None else v for r in records])
-        L[:, j] = _integer_valued(_as_numeric(col, f"output of LF {lf.name!r}"), f"output of LF {lf.name!r}")
-    return check_label_matrix(L)
+            col = [ABSTAIN if (v := lf.fn(r)) is None else v for r in records]
+        L[:, j] = _check_lf_column(lf.name, col, cardinality)
+    return check_label_matrix(L, cardinality=cardinality)

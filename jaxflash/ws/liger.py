@@ -14,11 +14,14 @@ Supervision" (UAI 2022, arXiv 2203.13270); code HazyResearch/liger.
    original scripts (which re-select the balance on test before reporting, ``tune_test=True``),
    everything here is tuned on dev only.
 
-Binary tasks only (as the original). An LF silent in a part gets accuracy 0 there.
+Binary tasks only (as the original). An LF silent in a part gets accuracy 0 there (FlyingSquid's
+``allow_silent_lfs``). With ``n_clusters=1`` and a one-value ``balance_grid=[p]`` this is Epoxy followed
+by FlyingSquid with class balance ``[1 - p, p]``: Epoxy as a label model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflash.ws.base import LabelModel
+from jaxflash.ws.base import LabelModel, TiePolicy
 from jaxflash.ws.epoxy import Epoxy, Metric, _check_embeddings
 from jaxflash.ws.flyingsquid import FlyingSquid, SolveMethod
 from jaxflash.ws.label_matrix import check_label_matrix, check_labels
@@ -74,7 +77,13 @@ def kmeans(key: jax.Array, x: Any, k: int, n_iter: int = 50) -> tuple[np.ndarray
 
 
 class Liger(LabelModel):
-    """Per-part FlyingSquid on Epoxy-extended votes (see the module docstring)."""
+    """Per-part FlyingSquid on Epoxy-extended votes (see the module docstring).
+
+    ``predict_proba``, ``predict`` and ``score`` take the embeddings too: ``(L, emb)``, ``(L, emb, Y)``.
+    Ties default to the class prior of ``Y_dev`` (``tie_policy="prior"``), as the per-part tuning does.
+    """
+
+    tie_policy: TiePolicy = "prior"
 
     def __init__(
         self,
@@ -153,7 +162,7 @@ class Liger(LabelModel):
             if dev_rows.any():
                 accs = []
                 for p in self.balance_grid:
-                    model._fit(rows, [1 - p, p])
+                    model.fit(rows, [1 - p, p], allow_silent_lfs=True)
                     accs.append(
                         float(np.mean(model.predict(Lx_dev[dev_rows], tie_policy="prior") == Y_dev[dev_rows]))
                     )
@@ -161,7 +170,7 @@ class Liger(LabelModel):
                 grid = np.asarray(self.balance_grid)
                 top = np.flatnonzero(np.asarray(accs) >= max(accs) - 1e-12)
                 best_p = float(grid[top[np.argmin(np.abs(grid[top] - global_p1))]])
-            model._fit(rows, [1 - best_p, best_p])
+            model.fit(rows, [1 - best_p, best_p], allow_silent_lfs=True)
             self.part_balance_[c] = best_p
             self.models_.append(model)
         self.class_balance_ = np.array([1 - global_p1, global_p1])
@@ -181,27 +190,24 @@ class Liger(LabelModel):
                 out[rows] = model.predict_proba(Lx[rows])
         return out
 
-    def predict(self, L: Any, emb: Any, *, tie_policy="prior", key=None) -> np.ndarray:  # type: ignore[override]
-        from jaxflash.ws.base import probs_to_preds
+    def predict(  # type: ignore[override]
+        self, L: Any, emb: Any, *, tie_policy: TiePolicy | None = None, key: jax.Array | None = None
+    ) -> np.ndarray:
+        """Hard labels ``[n]``; ties follow ``tie_policy`` (default ``"prior"``)."""
+        return self._labels_from_probs(self.predict_proba(L, emb), tie_policy, key)
 
-        return probs_to_preds(
-            self.predict_proba(L, emb), tie_policy=tie_policy, key=key, prior=self.class_balance_
-        )
-
-    def score(
+    def score(  # type: ignore[override]
         self,
         L: Any,
         emb: Any,
         Y: Any,
-        metrics=("accuracy",),
+        metrics: Sequence[str] = ("accuracy",),
         *,
-        tie_policy="prior",  # type: ignore[override]
-        key=None,
+        tie_policy: TiePolicy | None = None,
+        key: jax.Array | None = None,
     ) -> dict[str, float]:
-        from jaxflash.ws.base import classification_metrics
-
-        Y = check_labels(Y, n=np.asarray(L).shape[0], cardinality=2)
-        return classification_metrics(Y, self.predict(L, emb, tie_policy=tie_policy, key=key), metrics, 2)
+        """Metrics of ``predict(L, emb)`` against gold ``Y``."""
+        return self._score_probs(self.predict_proba(L, emb), Y, metrics, tie_policy, key)
 
     # --- persistence: the train votes and embeddings are part of the model (Epoxy searches them) ---
     def _config(self) -> dict[str, Any]:
@@ -215,34 +221,25 @@ class Liger(LabelModel):
         )
 
     def _params(self) -> dict[str, np.ndarray]:
+        parts = [m._params() for m in self.models_]
         return {
-            "L_train": self.epoxy_.L_train_,
-            "emb_train": self.epoxy_.emb_train_,
-            "thresholds": self.epoxy_.thresholds_,
+            **self.epoxy_._params(),
             "centroids": self.centroids_,
             "part_balance": self.part_balance_,
             "class_balance": self.class_balance_,
-            "mu": np.stack([m.mu_ for m in self.models_]),
-            "pair_mu": np.stack([m.pair_mu_ for m in self.models_]),
-            "a": np.stack([m.a_ for m in self.models_]),
+            **{f"part_{k}": np.stack([p[k] for p in parts]) for k in parts[0] if k != "class_balance"},
         }
 
     def _set_params(self, params: dict[str, np.ndarray]) -> None:
-        self.epoxy_ = Epoxy(self.metric).fit(params["L_train"], params["emb_train"])
-        self.epoxy_.thresholds_ = params["thresholds"]
+        self.epoxy_ = Epoxy(self.metric)
+        self.epoxy_._set_params(params)
         self.centroids_ = params["centroids"]
         self.part_balance_ = params["part_balance"]
         self.class_balance_ = params["class_balance"]
         self.models_ = []
         for c, p in enumerate(self.part_balance_):
             model = FlyingSquid(solve_method=self.solve_method)
-            model._set_params(
-                {
-                    "mu": params["mu"][c],
-                    "pair_mu": params["pair_mu"][c],
-                    "a": params["a"][c],
-                    "class_balance": np.array([1 - p, p]),
-                }
-            )
+            part = {k[len("part_") :]: v[c] for k, v in params.items() if k.startswith("part_")}
+            model._set_params({**part, "class_balance": np.array([1 - p, p])})
             model.fitted_ = True
             self.models_.append(model)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxflash.ws import Dugong, DugongSource, MajorityVote
+from jaxflash.ws import Dugong, DugongSource, LabelModel, MajorityVote
 from jaxflash.ws.dugong import chain_correlation
 from jaxflash.ws.synthetic import sample_dugong
 
@@ -62,7 +62,8 @@ def test_save_load_roundtrip(key, tmp_path):
     votes, _ = sample_dugong(key, 2_000, T, WINDOWS, ALPHA, BETA, 0.4, 0.7, copy=(0, 1, 0.5))
     model = Dugong(T, SOURCES, prior_pos=0.4, persistence=0.7, correlated_pairs=[(0, 1)]).fit(votes)
     model.save(tmp_path / "dugong.npz")
-    again = Dugong.load(tmp_path / "dugong.npz")
+    again = LabelModel.load(tmp_path / "dugong.npz")
+    assert isinstance(again, Dugong)
     assert again.correlations_ == model.correlations_ and again.sources == model.sources
     np.testing.assert_array_equal(
         again.predict_proba([v[:50] for v in votes]), model.predict_proba([v[:50] for v in votes])
@@ -94,3 +95,30 @@ def test_bad_input(key):
         model.fit(votes, Y_dev=np.zeros((10, T - 1), int))
     with pytest.raises(ValueError, match="not fitted"):
         Dugong(T, SOURCES).predict_proba(votes)
+    with pytest.raises(ValueError, match="no pair of other sources independent"):
+        Dugong(T, SOURCES[:3], correlated_pairs=[(0, 1)])
+    frames = [v[:, :T].copy() for v in votes[:3]]  # three frame sources
+    frames[2][:50] = -1  # s2 votes only on sequences where s0 and s1 are silent
+    frames[0][50:] = frames[1][50:] = -1
+    with pytest.raises(ValueError, match=r"\['s0', 's1', 's2'\] have no informative triplet"):
+        Dugong(T, SOURCES[:3]).fit(frames)
+
+
+def test_label_model_api_per_element(key):
+    """predict / score with a label per element, ties by tie_policy as in every label model."""
+    votes, Y = sample_dugong(key, 2_000, T, WINDOWS, ALPHA, BETA, 0.5, 0.7)
+    model = Dugong(T, SOURCES, prior_pos=0.5, persistence=0.7).fit(votes)
+    p = model.predict_proba(votes)
+    pred = model.predict(votes)
+    assert pred.shape == (2_000, T)
+    np.testing.assert_array_equal(pred, np.where(np.abs(p[..., 1] - 0.5) <= 1e-5, -1, p[..., 1] > 0.5))
+    silent = [np.full((1, T // w), -1) for w in WINDOWS]
+    assert np.all(model.predict(silent) == -1)  # the 0.5 prior: a tie, abstained
+    assert np.all(model.predict(silent, tie_policy="prior") == 0)  # equal priors: the lowest class
+    scores = model.score(votes, Y, ["accuracy", "f1", "log_loss"])
+    assert scores["accuracy"] == pytest.approx(np.mean(pred == Y))
+    assert 0 < scores["log_loss"] < np.log(2)
+    with pytest.raises(ValueError, match=rf"Y must have shape \(2000, {T}\)"):
+        model.score(votes, Y[:, 1:])
+    with pytest.raises(ValueError, match="tie_policy must be one of"):
+        model.predict(votes, tie_policy="first")

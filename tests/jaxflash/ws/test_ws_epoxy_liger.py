@@ -7,13 +7,13 @@ import pytest
 from jaxflash.ws import (
     Epoxy,
     FlyingSquid,
+    LabelModel,
     Liger,
     kmeans,
     label_coverage,
     load_youtube_spam,
     youtube_dev_test_split,
 )
-from jaxflash.ws import epoxy as epoxy_module
 from jaxflash.ws.embeddings import hashed_ngram_embeddings
 
 
@@ -49,15 +49,13 @@ def _brute_force(L_train, emb_train, emb, metric):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_nearest_support_matches_brute_force(key, metric, monkeypatch):
-    monkeypatch.setattr(
-        epoxy_module, "_CHUNK_ELEMENTS", 5 * 4 * 53
-    )  # chunks of 5 queries: 4 chunks + padding
+@pytest.mark.parametrize("batch_size", [None, 5, 17])  # 5: 4 batches, the last one padded
+def test_nearest_support_matches_brute_force(key, metric, batch_size):
     L, emb, _ = _smooth_task(key, 53, m=4, coverage=0.3)
     L[:, 3] = -1  # an LF with an empty support is never extended
     query = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (17, 8)))
     ep = Epoxy(metric).fit(L, emb)
-    best, vote = ep.nearest(query)
+    best, vote = ep.nearest(query, batch_size=batch_size)
     ref_best, ref_vote = _brute_force(L, emb, query, metric)
     np.testing.assert_allclose(best, ref_best, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(vote[:, :3], ref_vote[:, :3])
@@ -132,6 +130,37 @@ def test_epoxy_bad_input(key):
         Epoxy("dot")
     with pytest.raises(ValueError, match=r"\[n, 8\]"):
         ep.nearest(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="batch_size"):
+        ep.nearest(emb, batch_size=0)
+    with pytest.raises(ValueError, match="not fitted"):
+        Epoxy().extend(L, emb, thresholds=0.5)
+    with pytest.raises(ValueError, match="L_train is a boolean array"):
+        Epoxy().fit(L == 1, emb)
+
+
+def test_epoxy_save_load_and_not_a_label_model(key, tmp_path):
+    L, emb, Y = _smooth_task(key, 300)
+    ep = Epoxy("l2").fit(L[:200], emb[:200])
+    ep.select_thresholds(L[200:250], emb[200:250], Y[200:250])
+    ep.save(tmp_path / "epoxy.npz")
+    again = Epoxy.load(tmp_path / "epoxy.npz")
+    assert again.metric == "l2" and not isinstance(again, LabelModel)
+    np.testing.assert_array_equal(again.thresholds_, ep.thresholds_)
+    np.testing.assert_array_equal(again.extend(L[250:], emb[250:]), ep.extend(L[250:], emb[250:]))
+    with pytest.raises(ValueError, match="holds a Epoxy, not a LabelModel"):
+        LabelModel.load(tmp_path / "epoxy.npz")
+
+
+def test_liger_with_one_part_is_epoxy_then_flyingsquid(key):
+    """The label-model form of Epoxy: one part, one class balance."""
+    L, emb, Y = _smooth_task(key, 1_200)
+    tr, dev, te = slice(0, 800), slice(800, 1000), slice(1000, None)
+    lg = Liger(n_clusters=1, balance_grid=[0.6]).fit(L[tr], emb[tr], L[dev], emb[dev], Y[dev])
+    ep = Epoxy("cosine").fit(L[tr], emb[tr])
+    ep.select_thresholds(L[dev], emb[dev], Y[dev])
+    fs = FlyingSquid(solve_method="triplet_median").fit(ep.extend(L[tr], emb[tr]), class_balance=[0.4, 0.6])
+    np.testing.assert_allclose(lg.predict_proba(L[te], emb[te]), fs.predict_proba(ep.extend(L[te], emb[te])))
+    assert lg.score(L[te], emb[te], Y[te]) == fs.score(ep.extend(L[te], emb[te]), Y[te], tie_policy="prior")
 
 
 def test_kmeans_recovers_separated_blobs(key):
