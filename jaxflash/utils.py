@@ -21,6 +21,7 @@ The setting is read while tracing: a function jitted and traced before keeps the
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -48,6 +49,26 @@ def cdiv(a: int, b: int) -> int:
 def next_pow2(n: int) -> int:
     """The smallest power of two ``>= n`` (1 for ``n <= 1``)."""
     return 1 << max(0, n - 1).bit_length()
+
+
+def is_int(value: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, *, minimum: int = 1, power_of_two: bool = False) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``name``: an integer (not a bool) ``>= minimum``,
+    and a power of two when asked (tile sizes, block dimensions)."""
+    ok = is_int(value) and value >= minimum and (not power_of_two or value & (value - 1) == 0)
+    if not ok:
+        if power_of_two:
+            want = f"a power of two >= {minimum}"
+        elif minimum == 1:
+            want = "a positive integer"
+        else:
+            want = f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {want}; got {value!r}")
+    return int(value)
 
 
 def true_span(mask: Any) -> tuple[Any, Any]:

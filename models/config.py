@@ -26,6 +26,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jaxflash.utils import check_int
+
 MIXERS = ("attention", "h3", "hyena", "long_conv")
 MLPS = ("gelu", "swiglu", "relu2")
 NORMS = ("layer", "rms")
@@ -34,8 +36,7 @@ DISCRETIZATIONS = ("bilinear", "zoh")
 
 
 def _positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    check_int(name, value)
 
 
 def _is_real(value: Any) -> bool:
@@ -360,12 +361,9 @@ class ParcaeConfig(_ModelFields):
         self._check_model_fields()
         _positive("n_core", self.n_core)
         for name in ("n_prelude", "n_coda"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an int >= 0; got {getattr(self, name)!r}")
+            check_int(name, getattr(self, name), minimum=0)
         for name in ("mean_recurrence", "backprop_depth", "max_recurrence"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} (a loop count) must be an int >= 1; got {value!r}")
+            check_int(f"{name} (a loop count)", getattr(self, name))
         if self.max_recurrence < self.mean_recurrence:
             raise ValueError(
                 f"max_recurrence={self.max_recurrence} must be >= mean_recurrence={self.mean_recurrence}"

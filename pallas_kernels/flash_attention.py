@@ -38,7 +38,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jaxflash.pallas_kernels.common import compiler_params, interpret_for
 
-from jaxflash.utils import cdiv, matmul_precision, next_pow2, true_span, zero_cotangent
+from jaxflash.utils import cdiv, check_int, matmul_precision, next_pow2, true_span, zero_cotangent
 
 # The largest head_dim the kernels take (their tiles hold a whole head row).
 MAX_HEAD_DIM = 256
@@ -73,20 +73,14 @@ class FlashConfig:
 
     def __post_init__(self):
         for name in ("block_q", "block_kv", "block_q_dkv", "block_kv_dkv"):
-            _check_pow2(f"FlashConfig.{name}", getattr(self, name))
+            check_int(f"FlashConfig.{name}", getattr(self, name), power_of_two=True)
         if self.num_warps is not None:
-            _check_pow2("FlashConfig.num_warps", self.num_warps)
-        if not isinstance(self.num_stages, int) or self.num_stages < 1:
-            raise ValueError(f"FlashConfig.num_stages must be an int >= 1; got {self.num_stages!r}")
+            check_int("FlashConfig.num_warps", self.num_warps, power_of_two=True)
+        check_int("FlashConfig.num_stages", self.num_stages)
 
     @property
     def tiles(self) -> tuple[int, int, int, int]:
         return self.block_q, self.block_kv, self.block_q_dkv, self.block_kv_dkv
-
-
-def _check_pow2(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two; got {value!r}")
 
 
 def default_config(q_len: int, kv_len: int, head_dim: int) -> FlashConfig:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 from typing import Any
 
 import jax
@@ -48,14 +47,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jaxflash.pallas_kernels.common import compiler_params
 
-from jaxflash.utils import cdiv, matmul_precision
+from jaxflash.utils import cdiv, check_int, matmul_precision
 
 # Triton's tl.dot needs every operand dimension >= 16.
 _MIN_DOT_DIM = 16
-
-
-def _is_pow2(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 and v & (v - 1) == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,15 +73,10 @@ class MonarchConfig:
 
     def __post_init__(self):
         for name in ("block_rows", "block_r"):
-            v = getattr(self, name)
-            if not _is_pow2(v) or v < _MIN_DOT_DIM:
-                raise ValueError(f"MonarchConfig.{name} must be a power of two >= {_MIN_DOT_DIM}; got {v!r}")
-        if not _is_pow2(self.block_p):
-            raise ValueError(f"MonarchConfig.block_p must be a power of two; got {self.block_p!r}")
+            check_int(f"MonarchConfig.{name}", getattr(self, name), minimum=_MIN_DOT_DIM, power_of_two=True)
+        check_int("MonarchConfig.block_p", self.block_p, power_of_two=True)
         for name in ("num_warps", "num_stages"):
-            v = getattr(self, name)
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"MonarchConfig.{name} must be an integer >= 1; got {v!r}")
+            check_int(f"MonarchConfig.{name}", getattr(self, name))
 
 
 def unsupported_reason(w1_shape: tuple[int, ...], w2_shape: tuple[int, ...]) -> str | None:
@@ -99,7 +89,7 @@ def unsupported_reason(w1_shape: tuple[int, ...], w2_shape: tuple[int, ...]) -> 
             "other Monarch shapes run on the 'xla' implementation"
         )
     for name, v in (("k", k), ("q", q), ("p", p), ("s", s)):
-        if not _is_pow2(v) or v < _MIN_DOT_DIM:
+        if v < _MIN_DOT_DIM or v & (v - 1):
             return f"the fused kernel needs {name} a power of two >= {_MIN_DOT_DIM}; got {name}={v}"
     return None
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -61,6 +60,7 @@ from jaxflash.ops.registry import dispatch, register
 from jaxflash.pallas_kernels import monarch as _kernel
 from jaxflash.pallas_kernels.common import interpret_for
 from jaxflash.pallas_kernels.monarch import MonarchConfig
+from jaxflash.utils import check_int
 
 __all__ = [
     "MonarchConfig",
@@ -167,9 +167,7 @@ class MonarchXlaConfig:
     chunk_bytes: int = 2 << 20
 
     def __post_init__(self):
-        v = self.chunk_bytes
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"MonarchXlaConfig.chunk_bytes must be an integer >= 1; got {v!r}")
+        check_int("MonarchXlaConfig.chunk_bytes", self.chunk_bytes)
 
 
 def _chunk_rows(x: jax.Array, w1: jax.Array, w2: jax.Array, chunk_bytes: int) -> int:
@@ -382,8 +380,7 @@ def monarch_shapes(n: int, m: int, nblocks: int) -> tuple[tuple[int, int, int], 
     square Monarch of the paper.
     """
     for name, v in (("n", n), ("m", m), ("nblocks", nblocks)):
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer; got {name}={v!r}")
+        check_int(name, v)
     if n % nblocks or m % nblocks:
         raise ValueError(
             f"nblocks={nblocks} must divide both the input size n={n} and the output size m={m}; "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
-from typing import Any
+
+from jaxflash.utils import check_int
 
 # Largest FFT size of the order-2 kernel; larger sizes use orders 3/4. Capped at 2048: a program holds
 # `block_rows` complex N1 x N2 planes in registers, and 8192 did not compile in minutes on an H200
@@ -59,26 +59,14 @@ class FFTConvConfig:
             ("max_dense_outer", 2),
             ("row_block_rows", 1),
         ):
-            _check_power_of_two(name, getattr(self, name), minimum)
+            check_int(f"FFTConvConfig.{name}", getattr(self, name), minimum=minimum, power_of_two=True)
         if self.min_dim is not None:
-            _check_power_of_two("min_dim", self.min_dim, 1)
-        if self.num_warps is not None and not (_is_int(self.num_warps) and self.num_warps >= 1):
-            raise ValueError(
-                f"FFTConvConfig.num_warps must be None or an integer >= 1; got {self.num_warps!r}"
-            )
-        if not (_is_int(self.num_stages) and self.num_stages >= 1):
-            raise ValueError(f"FFTConvConfig.num_stages must be an integer >= 1; got {self.num_stages!r}")
+            check_int("FFTConvConfig.min_dim", self.min_dim, power_of_two=True)
+        if self.num_warps is not None:
+            check_int("FFTConvConfig.num_warps", self.num_warps)
+        check_int("FFTConvConfig.num_stages", self.num_stages)
 
     @property
     def max_fft_size(self) -> int:
         """The largest FFT size these parameters serve: ``max_dense_outer**2`` rows of ``inner_size``."""
         return max(self.max_order2_size, self.inner_size * self.max_dense_outer**2)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_power_of_two(name: str, value: Any, minimum: int) -> None:
-    if not (_is_int(value) and value >= minimum and value & (value - 1) == 0):
-        raise ValueError(f"FFTConvConfig.{name} must be a power of two >= {minimum}; got {value!r}")

@@ -201,7 +201,7 @@ def test_row_chunks_of_any_size_match_the_reference(key, shapes, rows, chunk_byt
 
 @pytest.mark.parametrize("chunk_bytes", [0, -5, 2.0, True])
 def test_xla_config_validates_chunk_bytes(chunk_bytes):
-    with pytest.raises(ValueError, match="MonarchXlaConfig.chunk_bytes must be an integer >= 1"):
+    with pytest.raises(ValueError, match="MonarchXlaConfig.chunk_bytes must be a positive integer"):
         MonarchXlaConfig(chunk_bytes=chunk_bytes)
 
 
@@ -332,7 +332,7 @@ def test_array_likes_are_converted_explicitly(key):
 
 @pytest.mark.parametrize("nblocks", [4.0, True, "4", 0])
 def test_non_integer_nblocks_raise(nblocks):
-    with pytest.raises(ValueError, match=r"nblocks must be a positive integer; got nblocks="):
+    with pytest.raises(ValueError, match=r"nblocks must be a positive integer; got "):
         monarch.monarch_shapes(16, 16, nblocks)
     with pytest.raises(ValueError, match="nblocks must be a positive integer"):
         monarch.project(jnp.ones((16, 16)), nblocks)

@@ -59,3 +59,24 @@ def test_check_values_raises_eagerly_and_checkifies_under_jit(monkeypatch):
     assert utils.value_checks_enabled()
     with utils.value_checks(False):
         assert not utils.value_checks_enabled()
+
+
+@pytest.mark.parametrize(
+    "value,kw,match",
+    [
+        (0, {}, "n must be a positive integer; got 0"),
+        (True, {}, "n must be a positive integer; got True"),
+        (2.0, {}, "n must be a positive integer; got 2.0"),
+        (-1, dict(minimum=0), "n must be an integer >= 0; got -1"),
+        (24, dict(power_of_two=True), "n must be a power of two >= 1; got 24"),
+        (8, dict(minimum=16, power_of_two=True), "n must be a power of two >= 16; got 8"),
+    ],
+)
+def test_check_int_names_the_argument_and_what_it_accepts(value, kw, match):
+    with pytest.raises(ValueError, match=match):
+        utils.check_int("n", value, **kw)
+
+
+def test_check_int_accepts_numpy_integers():
+    assert utils.check_int("n", np.int64(32), minimum=16, power_of_two=True) == 32
+    assert utils.is_int(np.int32(3)) and not utils.is_int(True) and not utils.is_int(3.0)

@@ -44,8 +44,8 @@ NAN, INF = float("nan"), float("inf")
         (lambda: m2_bert_tiny(fft_size=63), "fft_size=63 must be an even int"),
         (lambda: HyenaConfig(order=1), "order=1 must be >= 2"),
         (lambda: HyenaConfig(emb_dim=4), "emb_dim=4 must be odd"),
-        (lambda: parcae_tiny(mean_recurrence=0), "mean_recurrence .* must be an int >= 1"),
-        (lambda: parcae_tiny(backprop_depth=0), "backprop_depth .* must be an int >= 1"),
+        (lambda: parcae_tiny(mean_recurrence=0), "mean_recurrence .* must be a positive integer"),
+        (lambda: parcae_tiny(backprop_depth=0), "backprop_depth .* must be a positive integer"),
         (lambda: parcae_tiny(max_recurrence=2), "max_recurrence=2 must be >= mean_recurrence=3"),
         (
             lambda: parcae_tiny(attention=dataclasses.replace(PARCAE_ATTENTION, num_heads=5)),

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import pytest
 from jax.experimental import pallas as pl
 from jaxflash.pallas_kernels.common import INTERPRET_ENV_VAR, compiler_params, interpret_for
-from jaxflash.utils import cdiv
 
 from jaxflash.testing import assert_close, random_normal
+from jaxflash.utils import cdiv
 
 
 def _scaled_copy(x, implementation, block=8):

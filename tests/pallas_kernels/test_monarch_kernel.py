@@ -94,8 +94,8 @@ def test_unsupported_shapes_raise_not_implemented(key):
         (dict(block_r=8), "block_r must be a power of two >= 16"),
         (dict(block_rows=24), "block_rows must be a power of two >= 16"),
         (dict(block_p=12), "block_p must be a power of two"),
-        (dict(num_warps=0), "num_warps must be an integer >= 1"),
-        (dict(num_stages=2.0), "num_stages must be an integer >= 1"),
+        (dict(num_warps=0), "num_warps must be a positive integer"),
+        (dict(num_stages=2.0), "num_stages must be a positive integer"),
     ],
 )
 def test_config_validates_its_fields(kwargs, match):

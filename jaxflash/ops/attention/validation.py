@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxflash.ops.attention.spec import AttentionSpec, MaskArrays, diagonal_offsets
-from jaxflash.utils import cdiv, check_values
+from jaxflash.utils import cdiv, check_values, is_int
 
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -67,15 +67,11 @@ def check_qkv(q: Any, k: Any, v: Any) -> None:
         raise ValueError(f"q, k, v must be float32, bfloat16 or float16; got dtype {q.dtype}")
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def check_window(window: Any) -> tuple[int | None, int | None] | None:
     """``None``, an int ``w >= 0`` (meaning ``(w, w)``) or a pair ``(left, right)`` of such ints or None."""
     if window is None:
         return None
-    if _is_int(window):
+    if is_int(window):
         sides = (window, window)
     elif isinstance(window, tuple | list):
         if len(window) != 2:
@@ -88,7 +84,7 @@ def check_window(window: Any) -> tuple[int | None, int | None] | None:
             f"window must be None, an int or a pair (left, right) of ints or None; got {window!r}"
         )
     for side, w in zip(("left", "right"), sides, strict=True):
-        if w is not None and (not _is_int(w) or w < 0):
+        if w is not None and (not is_int(w) or w < 0):
             raise ValueError(
                 f"window={window!r}: the {side} extent must be a non-negative int or None; got {w!r}"
             )

@@ -30,7 +30,7 @@ from jaxflash.ops.attention.spec import (
     finite_keys,
     poison_nonfinite_keys,
 )
-from jaxflash.utils import cdiv, true_span, zero_cotangent
+from jaxflash.utils import cdiv, check_int, true_span, zero_cotangent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +52,7 @@ class ChunkConfig:
 
     def __post_init__(self):
         for name in ("chunk_q", "chunk_kv"):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ChunkConfig.{name} must be a positive int; got {value!r}")
+            check_int(f"ChunkConfig.{name}", getattr(self, name))
 
 
 def _sizes(spec: AttentionSpec, config: ChunkConfig) -> tuple[int, int, int, int]:

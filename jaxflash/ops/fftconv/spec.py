@@ -4,14 +4,13 @@ frequency bins ``keep_frequencies`` keeps, and the plain ``jnp.fft`` references 
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxflash.utils import fits_in_memory, memory_estimate_message
+from jaxflash.utils import fits_in_memory, is_int, memory_estimate_message
 
 # Bytes of one complex64 bin: the size-N spectra the memory estimate counts.
 _BIN_BYTES = 8
@@ -34,7 +33,7 @@ def kept_frequency_mask(n: int, keep_frequencies: int | None) -> np.ndarray:
 
 
 def _integer(name: str, value: Any) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+    if not is_int(value):
         raise TypeError(f"{name} must be an integer; got {name}={value!r} ({type(value).__name__})")
     return int(value)
 

@@ -11,7 +11,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxflash.utils import next_pow2
+from jaxflash.utils import check_int, next_pow2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,23 +35,13 @@ class FFTConvXlaConfig:
     chunk_elements: int = 1 << 20
 
     def __post_init__(self):
-        if not _is_int(self.direct_max_taps) or self.direct_max_taps < 0:
-            raise ValueError(
-                f"FFTConvXlaConfig.direct_max_taps must be an integer >= 0; got {self.direct_max_taps!r}"
-            )
+        check_int("FFTConvXlaConfig.direct_max_taps", self.direct_max_taps, minimum=0)
         fraction = self.overlap_add_max_fraction
         if not isinstance(fraction, numbers.Real) or isinstance(fraction, bool) or not 0 <= fraction <= 1:
             raise ValueError(
                 f"FFTConvXlaConfig.overlap_add_max_fraction must be a number in [0, 1]; got {fraction!r}"
             )
-        if not _is_int(self.chunk_elements) or self.chunk_elements < 1:
-            raise ValueError(
-                f"FFTConvXlaConfig.chunk_elements must be an integer >= 1; got {self.chunk_elements!r}"
-            )
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        check_int("FFTConvXlaConfig.chunk_elements", self.chunk_elements)
 
 
 def _fast_size(n: int) -> int:
