@@ -2,7 +2,7 @@
 the naive reference and tokamax (speed-ups are over jaxflash xla: a peer at 0.5x takes twice as
 long), and the compiled kernels' checks for ``make gpu-check``.
 
-CPU suite (the issue's configuration): batch 1, 8 heads, head dim 64, f32, causal, q_len = kv_len
+CPU suite: batch 1, 8 heads, head dim 64, f32, causal, q_len = kv_len
 in 1K, 4K, 16K, 64K; time and peak memory. On an accelerator the suite switches to the
 FlashAttention-3 benchmark shapes (bf16, head dim 64 and 128, seq 512 to 16K with batch x seq =
 16K, causal and not) and reports TFLOP/s next to ``jax.nn.dot_product_attention`` with cuDNN and XLA.

@@ -139,9 +139,9 @@ def run_checks_in_child(
 
     A check not done ``timeout`` seconds after the previous one ended (the first one's time includes the
     JAX start) is killed with its process, and the remaining checks go on in a fresh one; so does a
-    process that dies. On the first H200 run one compile never finished and took the session's remaining
-    time with it; one process per check, as before, paid a JAX and CUDA start for every check. Checks
-    left when ``deadline`` (a ``time.monotonic()`` value) passes are reported as not run.
+    process that dies: a compile that never ends costs one check, not the session, and the checks that
+    pass share one JAX and CUDA start. Checks left when ``deadline`` (a ``time.monotonic()`` value) passes
+    are reported as not run.
     """
     pending = list(indices)
     rows: dict[int, dict[str, Any]] = {}
