@@ -32,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SUITE",
         help="the suites to run, in order",
     )
-    parser.add_argument("--sizes", type=int, nargs="+", help="override the suite's default sizes")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        metavar="N|SUITE=N,N",
+        help="override the default sizes: plain numbers for every suite, SUITE=N,N,... for one",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for smoke runs")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (compilation included)")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls; the median is reported")
@@ -56,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.json and len(args.suites) > 1:
         parser.error("--json names one file: pass one suite, or leave --json out")
+    try:
+        args.sizes_by_suite = _parse_sizes(args.sizes, args.suites)
+    except ValueError as e:
+        parser.error(str(e))
     command = "python -m jaxflash.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     failed = False
     for name in args.suites:
@@ -63,12 +72,32 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _parse_sizes(tokens: list[str] | None, suites: list[str]) -> dict[str, list[int]]:
+    """``--sizes`` as suite -> sizes: plain numbers apply to every suite, ``SUITE=N,N`` to one."""
+    common: list[int] = []
+    by_suite: dict[str, list[int]] = {}
+    for token in tokens or ():
+        name, sep, values = token.partition("=")
+        try:
+            if sep:
+                if name not in suites:
+                    raise ValueError(f"--sizes names suite {name!r}, which this run does not include")
+                by_suite[name] = [int(v) for v in values.split(",") if v]
+            else:
+                common.append(int(token))
+        except ValueError as e:
+            if "--sizes names" in str(e):
+                raise
+            raise ValueError(f"--sizes takes integers or SUITE=N,N,...; got {token!r}") from e
+    return {name: by_suite.get(name, common) for name in suites if by_suite.get(name, common)}
+
+
 def _run_one(suite, args: argparse.Namespace, command: str) -> bool:
     """Runs one suite, prints and writes its results; True when a candidate errored."""
     info = machine_info()
     results = run_suite(
         suite,
-        sizes=args.sizes,
+        sizes=args.sizes_by_suite.get(suite.name),
         quick=args.quick,
         warmup=args.warmup,
         repeats=args.repeats,

@@ -113,6 +113,12 @@ def test_cli_runs_several_suites_in_one_run(fake_suite, tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         bench_main(["_fake", "_fake", "--json", str(tmp_path / "one.json")])
     assert "--json names one file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_main(["_fake", "--sizes", "attention=1024"])
+    assert "names suite 'attention'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_main(["_fake", "--sizes", "1e3"])
+    assert "--sizes takes integers" in capsys.readouterr().err
 
 
 def test_help_lists_the_suites(capsys):

@@ -1,0 +1,44 @@
+"""The README's Python examples run as written, and compute what their comments say."""
+
+import pathlib
+import re
+
+import jax.numpy as jnp
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _blocks() -> dict[str, str]:
+    """The README's ```python blocks, by the heading of the section they stand in."""
+    blocks, heading = {}, None
+    for part in re.split(r"^(## .*)$", README.read_text(), flags=re.M):
+        if part.startswith("## "):
+            heading = part[3:].strip()
+        elif heading is not None:
+            code = re.findall(r"```python\n(.*?)```", part, flags=re.S)
+            if code:
+                blocks[heading] = "\n".join(code)
+    return blocks
+
+
+def test_the_readme_has_the_examples():
+    assert {"Example", "Models"} <= set(_blocks())
+
+
+def test_op_example(capsys):
+    scope: dict = {}
+    exec(_blocks()["Example"], scope)
+    assert scope["out"].shape == (2, 1000, 8, 64) and scope["y"].shape == (2, 4096, 128)
+    assert "attention" in capsys.readouterr().out
+
+
+def test_model_example():
+    """Build, forward, one optax train step, recurrent decode."""
+    scope: dict = {}
+    exec(_blocks()["Models"], scope)
+    logits, loss, generated = scope["logits"], scope["loss"], scope["generated"]
+    assert logits.shape == (4, 16, 16) and logits.dtype == jnp.float32
+    assert bool(jnp.isfinite(loss)) and abs(float(loss) - float(jnp.log(16.0))) < 1.0
+    assert len(generated) == 8 and generated[0].shape == (4,)
+    step = scope["train_step"]
+    assert float(step(scope["model"], scope["optimizer"], scope["tokens"])) < float(loss)  # the step trains
