@@ -1,10 +1,12 @@
-"""Weak supervision: label matrices, labelling functions and label models (FlyingSquid, Dugong,
-Epoxy, Liger) with a scikit-learn-like ``fit / predict_proba / predict / score`` API.
+"""Weak supervision: label matrices, labelling functions and label models (FlyingSquid, snorkel's MeTaL
+matrix completion, Dugong, Epoxy, Liger) with a scikit-learn-like ``fit / predict_proba / predict / score``
+API.
 
 Convention everywhere (snorkel's): ``L[n_points, n_lfs]`` with -1 = abstain and classes 0..k-1;
 :func:`from_flyingsquid` / :func:`to_flyingsquid` convert FlyingSquid's 0-abstain, +-1 matrices.
-Every label model (MajorityVote, FlyingSquid, Dugong, Liger) is a :class:`LabelModel`; Epoxy extends a
-label matrix for a label model to read (see :mod:`jaxflash.ws.epoxy` for why it is not one).
+Every label model (MajorityVote, FlyingSquid, MatrixCompletionLabelModel, Dugong, Liger) is a
+:class:`LabelModel`; Epoxy extends a label matrix for a label model to read (see :mod:`jaxflash.ws.epoxy`
+for why it is not one).
 """
 
 from jaxflash.ws.base import LabelModel, classification_metrics, probs_to_preds
@@ -29,6 +31,7 @@ from jaxflash.ws.label_matrix import (
 )
 from jaxflash.ws.liger import Liger, kmeans
 from jaxflash.ws.majority import MajorityVote
+from jaxflash.ws.matrix_completion import MatrixCompletionLabelModel
 
 __all__ = [
     "ABSTAIN",
@@ -40,6 +43,7 @@ __all__ = [
     "LabelingFunction",
     "Liger",
     "MajorityVote",
+    "MatrixCompletionLabelModel",
     "OnlineFlyingSquid",
     "apply_lfs",
     "check_label_matrix",
