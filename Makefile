@@ -1,7 +1,7 @@
 # jaxflash developer commands. Each works from a fresh clone: the first target run creates .venv.
 #   make test         the test suite (what CI runs), against the pinned versions of constraints.txt
 #   make test-latest  the same suite against the newest versions the registry serves (.venv-latest)
-#   make demo         the main job end to end
+#   make demo         the main job: train the default LM (ARGS="key=value ..." overrides)
 #   make notebooks    executes every notebook into build/notebooks/*.ipynb
 #   make bench        every benchmark suite on this machine, in one run (SUITE=name for one)
 #   make gpu-check    on a CUDA machine without network: compiled kernels vs references, then GPU timings
@@ -51,8 +51,12 @@ notebooks: venv
 		$(VENV)/bin/jupytext --to notebook --execute "$$nb" -o "build/notebooks/$$(basename "$${nb%.py}").ipynb" || exit 1; \
 	done
 
+# The main job: train the default model on the default corpus (about 3 minutes on 2 CPU cores), with a
+# progress bar, checkpoints, an evaluation and a generated sample. ARGS="steps=1000 workdir=runs/long"
+# scales it; running it again with the same workdir resumes. The kernel tour: python -m jaxflash.demo ops.
+ARGS ?=
 demo: venv
-	$(PY) -m jaxflash.demo
+	XLA_FLAGS="$${XLA_FLAGS:---xla_cpu_multi_thread_eigen=false}" $(PY) -m jaxflash.train demo $(ARGS)
 
 bench: venv
 	$(PY) -m jaxflash.bench $(or $(SUITE),$$($(PY) -c "from jaxflash.bench.suites import SUITE_MODULES; print(*SUITE_MODULES)"))

@@ -1,9 +1,9 @@
-"""``make demo``: run what jaxflash has, end to end, on real-size inputs, and say what was done.
+"""``python -m jaxflash.demo ops``: a tour of the kernels on real-size inputs, saying what was done.
 
-Until the training job exists (``python -m jaxflash.train``), the main job is this tour: the device
-and the op registry, then each public op on real-size inputs through the default dispatch, checked
-against its reference, then one benchmark suite through the harness. Every step prints what it
-computed and how it was checked; a step that cannot run says why, and the run fails if one errors.
+(``make demo`` trains a model: ``python -m jaxflash.train demo``.) The tour: the device and the op
+registry, then each public op on real-size inputs through the default dispatch, checked against its
+reference, then one benchmark suite through the harness. Every step prints what it computed and how it
+was checked; a step that cannot run says why, and the run fails if one errors.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ STEPS: list[tuple[str, Step]] = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxflash.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("tour", nargs="?", choices=["ops"], default="ops", help="the tour to run (ops)")
     parser.add_argument("--quick", action="store_true", help="small sizes (for tests)")
     args = parser.parse_args(argv)
     failures = 0

@@ -8,7 +8,7 @@ from jaxflash.demo import main as demo_main
 
 
 def test_demo_runs_every_step(capsys):
-    assert demo_main(["--quick"]) == 0
+    assert demo_main(["ops", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "== environment and op registry" in out
     assert "demo: " in out and "failed" not in out.splitlines()[-1]

@@ -1,0 +1,5 @@
+import sys
+
+from jaxflash.train.cli import main
+
+sys.exit(main())

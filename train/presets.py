@@ -1,0 +1,218 @@
+"""Named training runs: ``python -m jaxflash.train NAME`` (``--list`` prints them).
+
+Each preset is a function returning a :class:`~jaxflash.train.config.TrainConfig`; the docstring's first
+line is what ``--list`` shows. The synthetic-task presets follow the papers' recipes
+(``shared/reference/models.md`` section 2): safari's ICL synthetics (2 layers, d_model 32, d_inner 128,
+AdamW lr 5e-4, weight decay 0.1, batch 32, 10% warmup), zoology's MQAR starter, MAD's selective copying.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from jaxflash.models import (
+    AttentionConfig,
+    H3Config,
+    HyenaConfig,
+    LMConfig,
+    LongConvConfig,
+    m2_gpt_tiny,
+    parcae_tiny,
+)
+from jaxflash.train.config import OptimConfig, TrainConfig
+
+from jaxflash.data import DataConfig
+
+BYTES = 256  # the byte-level corpora's vocabulary
+
+
+def _byte_lm(mixer: str, *, d_model: int, n_layers: int, seq_len: int) -> LMConfig:
+    return LMConfig(
+        vocab_size=BYTES,
+        d_model=d_model,
+        n_layers=n_layers,
+        d_inner=2 * d_model,
+        max_seq_len=seq_len,
+        mixer=mixer,
+        attention=AttentionConfig(num_heads=max(1, d_model // 32)),
+        h3=H3Config(d_state=64),
+        hyena=HyenaConfig(filter_order=64, emb_dim=5, sine_freq=10.0),
+        long_conv=LongConvConfig(channels=1, lam=0.001),
+        implementation="xla",
+    )
+
+
+def demo() -> TrainConfig:
+    """The main job: a 4-layer Hyena byte LM on CPython's documentation text (minutes on 2 CPU cores)."""
+    seq = 256
+    return TrainConfig(
+        model=_byte_lm("hyena", d_model=128, n_layers=4, seq_len=seq),
+        data=DataConfig(name="pydoc", seq_len=seq),
+        optim=OptimConfig(lr=3e-3, warmup_steps=20, weight_decay=0.1),
+        workdir="runs/demo",
+        steps=300,
+        batch_size=16,
+        checkpoint_every=100,
+        eval_every=100,
+        eval_batches=8,
+        log_every=10,
+        sample_tokens=200,
+        sample_prompt="The for statement",
+    )
+
+
+def _lm_preset(mixer: str) -> Callable[[], TrainConfig]:
+    def preset() -> TrainConfig:
+        config = demo()
+        return dataclasses.replace(
+            config,
+            model=dataclasses.replace(config.model, mixer=mixer, d_model=64, n_layers=2, d_inner=128),
+            workdir=f"runs/lm_{mixer}",
+            steps=200,
+        )
+
+    preset.__doc__ = f"A 2-layer, width-64 {mixer} byte LM on the pydoc corpus (CPU minutes)."
+    return preset
+
+
+def lm_m2_gpt() -> TrainConfig:
+    """A 2-layer, width-64 causal Monarch Mixer (M2-GPT) byte LM on the pydoc corpus."""
+    seq = 256
+    model = m2_gpt_tiny(vocab_size=BYTES, d_model=64, d_inner=128, max_seq_len=seq)
+    return dataclasses.replace(demo(), model=model, workdir="runs/lm_m2_gpt", steps=200)
+
+
+def lm_parcae() -> TrainConfig:
+    """A 1/1/1-block, width-64 Parcae looped byte LM on the pydoc corpus."""
+    seq = 256
+    base = parcae_tiny()
+    model = dataclasses.replace(
+        base,
+        vocab_size=BYTES,
+        d_model=64,
+        d_inner=128,
+        max_seq_len=seq,
+        attention=dataclasses.replace(base.attention, num_heads=2, num_kv_heads=1),
+    )
+    return dataclasses.replace(demo(), model=model, workdir="runs/lm_parcae", steps=200)
+
+
+def _synthetic_lm(mixer: str, vocab: int, seq: int) -> LMConfig:
+    # safari's lm_simple: 2 layers, d_model 32, d_inner 128; H3 d_state 64, head_dim 1; attention 1 head
+    # with learned positions (the Transformer baseline).
+    attention = mixer == "attention"
+    return LMConfig(
+        vocab_size=vocab,
+        d_model=32,
+        n_layers=2,
+        d_inner=128,
+        max_seq_len=seq,
+        mixer=mixer,
+        attention=AttentionConfig(num_heads=1, rope=False),
+        learned_pos_emb=attention,
+        h3=H3Config(d_state=64, head_dim=1),
+        hyena=HyenaConfig(filter_order=64, emb_dim=5, sine_freq=10.0),
+        embed_dropout=0.1,
+        implementation="xla",
+    )
+
+
+def _safari(task: str, mixer: str, *, vocab: int, input_seq_len: int, steps: int) -> TrainConfig:
+    return TrainConfig(
+        model=_synthetic_lm(mixer, vocab, input_seq_len + 2),  # safari's l_max
+        data=DataConfig(name=task, seq_len=input_seq_len, vocab_size=vocab),
+        optim=OptimConfig(lr=5e-4, weight_decay=0.1, warmup_steps=steps // 10, clip_norm=None),
+        workdir=f"runs/{task}_{mixer}",
+        steps=steps,
+        batch_size=32,
+        checkpoint_every=max(steps // 4, 1),
+        eval_every=max(steps // 10, 1),
+        eval_batches=16,
+        log_every=50,
+        sample_tokens=0,
+    )
+
+
+def induction_head_h3() -> TrainConfig:
+    """H3 on safari's induction head (vocab 20, length 30); the paper reports 100% test accuracy."""
+    return _safari("induction_head", "h3", vocab=20, input_seq_len=30, steps=6000)
+
+
+def induction_head_transformer() -> TrainConfig:
+    """The 1-head Transformer baseline on safari's induction head (paper: 100%)."""
+    return _safari("induction_head", "attention", vocab=20, input_seq_len=30, steps=6000)
+
+
+def associative_recall_h3() -> TrainConfig:
+    """H3 on safari's associative recall (vocab 10, length 20); the paper reports 99.8%."""
+    return _safari("associative_recall", "h3", vocab=10, input_seq_len=20, steps=6000)
+
+
+def associative_recall_hyena() -> TrainConfig:
+    """Hyena on safari's associative recall (vocab 10, length 20)."""
+    return _safari("associative_recall", "hyena", vocab=10, input_seq_len=20, steps=6000)
+
+
+def mqar_attention() -> TrainConfig:
+    """zoology's MQAR starter (vocab 256, length 64, 4 pairs) with 2 attention layers, d_model 128."""
+    seq = 64
+    model = dataclasses.replace(
+        _synthetic_lm("attention", 256, seq), d_model=128, d_inner=512, max_seq_len=seq
+    )
+    return TrainConfig(
+        model=model,
+        data=DataConfig(name="mqar", seq_len=seq, vocab_size=256, num_kv_pairs=4, num_examples=10_000),
+        optim=OptimConfig(lr=1e-3, weight_decay=0.1, clip_norm=None),
+        workdir="runs/mqar_attention",
+        steps=3000,
+        batch_size=32,
+        checkpoint_every=1000,
+        eval_every=500,
+        log_every=50,
+        sample_tokens=0,
+    )
+
+
+def selective_copying_hyena() -> TrainConfig:
+    """MAD's selective copying (vocab 16, length 256, 16 tokens) with a 2-layer Hyena, d_model 128."""
+    seq = 256
+    model = dataclasses.replace(_synthetic_lm("hyena", 16, seq), d_model=128, d_inner=512, embed_dropout=0.0)
+    return TrainConfig(
+        model=model,
+        data=DataConfig(name="selective_copying", seq_len=seq, vocab_size=16),
+        optim=OptimConfig(lr=5e-4, weight_decay=0.0, schedule="cosine", min_lr_ratio=0.002),
+        workdir="runs/selective_copying_hyena",
+        steps=4000,
+        batch_size=128,
+        checkpoint_every=1000,
+        eval_every=500,
+        log_every=50,
+        sample_tokens=0,
+    )
+
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {
+    "demo": demo,
+    **{f"lm_{mixer}": _lm_preset(mixer) for mixer in ("attention", "h3", "hyena", "long_conv")},
+    "lm_m2_gpt": lm_m2_gpt,
+    "lm_parcae": lm_parcae,
+    "induction_head_h3": induction_head_h3,
+    "induction_head_transformer": induction_head_transformer,
+    "associative_recall_h3": associative_recall_h3,
+    "associative_recall_hyena": associative_recall_hyena,
+    "mqar_attention": mqar_attention,
+    "selective_copying_hyena": selective_copying_hyena,
+}
+
+
+def describe() -> list[str]:
+    """One line per preset: its name and the first line of its docstring."""
+    width = max(map(len, PRESETS))
+    return [f"{name:<{width}}  {(fn.__doc__ or '').strip().splitlines()[0]}" for name, fn in PRESETS.items()]
+
+
+def get(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; accepted: {', '.join(PRESETS)} (see --list)")
+    return PRESETS[name]()
