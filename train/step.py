@@ -148,7 +148,7 @@ def make_train_step(
         weight = jnp.maximum(sums.weight, 1.0)
         grads = jax.tree.map(lambda g: g / weight, grads)
         loss = sums.loss / weight
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
@@ -171,8 +171,8 @@ def make_train_step(
             accuracy=sums.correct / weight,
             tokens=sums.weight,
             grad_norm=grad_norm,
-            param_norm=optax.global_norm(new_state.params),
-            update_norm=optax.global_norm(updates),
+            param_norm=optax.tree.norm(new_state.params),
+            update_norm=optax.tree.norm(updates),
             finite=finite,
         )
         return new_state, metrics
