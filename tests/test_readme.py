@@ -22,7 +22,7 @@ def _blocks() -> dict[str, str]:
 
 
 def test_the_readme_has_the_examples():
-    assert {"Example", "Models"} <= set(_blocks())
+    assert {"Example", "Models", "Train"} <= set(_blocks())
 
 
 def test_op_example(capsys):
@@ -42,3 +42,12 @@ def test_model_example():
     assert len(generated) == 8 and generated[0].shape == (4,)
     step = scope["train_step"]
     assert float(step(scope["model"], scope["optimizer"], scope["tokens"])) < float(loss)  # the step trains
+
+
+def test_train_example(tmp_path):
+    """Train a few steps, load the checkpoint as a model, generate from it."""
+    code = _blocks()["Train"].replace("/tmp/jaxflash-readme-run", str(tmp_path / "run"))
+    scope: dict = {}
+    exec(code, scope)
+    assert scope["result"].step == 4 and scope["tokens"].shape == (1, 12)
+    assert (tmp_path / "run" / "checkpoints" / "4").is_dir()

@@ -391,6 +391,12 @@ def train(
             if (config.eval_every and step % config.eval_every == 0) or final:
                 last_eval = evaluate(eval_fn, state.params, state.rest, val_data, config, batch_sharding)
                 writer.write(step, last_eval)
+                if last_eval and primary and config.progress:
+                    bar.write(
+                        f"step {step}: eval loss {last_eval['eval_loss']:.4f}, accuracy "
+                        f"{last_eval['eval_accuracy']:.3f}",
+                        file=sys.stderr,
+                    )
                 window_start = time.perf_counter()
             if step % config.checkpoint_every == 0 or final:
                 check_finite()

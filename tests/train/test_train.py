@@ -4,6 +4,7 @@ default corpus."""
 
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 
@@ -40,6 +41,22 @@ def tiny(workdir, *extra, preset="lm_hyena"):
     return apply_overrides(presets.get(preset), [*TINY, f"workdir={workdir}", *extra])
 
 
+def tensorboard_scalars(workdir, tag):
+    """(step, value) of every ``tag`` scalar in a run's TensorBoard event files (TFRecord framing:
+    u64 length, u32 crc, the Event proto, u32 crc)."""
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted((pathlib.Path(workdir) / "tensorboard").iterdir()):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            out += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
+    return out
+
+
 def leaves(state):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
 
@@ -63,7 +80,12 @@ def test_an_interrupted_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_pat
     assert steps == list(range(1, 9))
     for name in ("config.json", "run.json", "metrics.jsonl", "sample.txt"):
         assert (tmp_path / "split" / name).exists(), name
-    assert list((tmp_path / "split" / "tensorboard").iterdir())
+    # TensorBoard has the same losses; the resumed run's second writer purged the recomputed steps.
+    whole_tb = tensorboard_scalars(tmp_path / "whole", "loss")
+    assert [s for s, _ in whole_tb] == list(range(1, 9))
+    np.testing.assert_allclose([v for _, v in whole_tb], losses(tmp_path / "whole"), rtol=1e-6)
+    split_tb = dict(tensorboard_scalars(tmp_path / "split", "loss"))  # the latest record of each step
+    assert sorted(split_tb) == list(range(1, 9))
 
 
 def test_the_checkpoint_loads_as_a_model_that_generates(tmp_path):
