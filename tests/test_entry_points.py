@@ -56,3 +56,10 @@ def test_gpu_check_runs_a_suites_checks_in_one_process():
 def test_gpu_check_kills_a_suite_timing_past_its_time():
     out = gpu_check.run_timings_in_child("matmul", timeout=0.5)
     assert isinstance(out, str) and "killed" in out
+
+
+def test_the_train_console_script_is_installed():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "jaxflash-train"]
+    assert script.value == "jaxflash.train.cli:main"

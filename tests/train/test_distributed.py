@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 from jaxflash.train import load_model, train
 
-from .test_train import TINY, leaves, losses, tiny
+from .test_train import PRESET, TINY, leaves, losses, tiny
 
 
 def _free_port() -> int:
@@ -25,14 +25,14 @@ def test_two_processes_train_like_one(tmp_path):
     port = _free_port()
     flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
     env = {**os.environ, "XLA_FLAGS": flags + " --xla_force_host_platform_device_count=1"}
-    common = [*TINY, "mesh.data=-1", f"workdir={tmp_path / 'two'}", "sample_tokens=0"]
+    common = [*TINY, "mesh.data=-1", f"workdir={tmp_path / 'two'}"]
     procs = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "jaxflash.train",
-                "lm_hyena",
+                PRESET,
                 *common,
                 f"distributed.coordinator_address=localhost:{port}",
                 "distributed.num_processes=2",
@@ -49,7 +49,7 @@ def test_two_processes_train_like_one(tmp_path):
     for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert "2 device(s)" in outs[0][0] and "2 process(es)" in outs[0][0]
-    one = train(tiny(tmp_path / "one", "sample_tokens=0"), echo=None)
+    one = train(tiny(tmp_path / "one"), echo=None)
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=2e-5)
     two = load_model(tmp_path / "two")
     for a, b in zip(leaves(one.state), jax.tree.leaves(nnx.state(two, nnx.Param)), strict=True):

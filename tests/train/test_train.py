@@ -14,6 +14,7 @@ import pytest
 from jaxflash.train import NonFiniteLossError, apply_overrides, load_model, presets, train
 from jaxflash.train.metrics import read_metrics
 
+PRESET = "lm_long_conv"  # the quickest to compile; the loop does not depend on the mixer
 TINY = [
     "steps=8",
     "model.d_model=16",
@@ -25,19 +26,18 @@ TINY = [
     "model.embed_dropout=0.1",  # so that the RNG streams must resume too
     "data.seq_len=32",
     "batch_size=8",
-    "optim.grad_accum=2",
     "optim.warmup_steps=2",
     "checkpoint_every=4",
     "eval_every=4",
     "eval_batches=2",
     "log_every=1",
-    "sample_tokens=8",
+    "sample_tokens=0",
     "progress=false",
     "mesh.data=1",
 ]
 
 
-def tiny(workdir, *extra, preset="lm_hyena"):
+def tiny(workdir, *extra, preset=PRESET):
     return apply_overrides(presets.get(preset), [*TINY, f"workdir={workdir}", *extra])
 
 
@@ -66,10 +66,11 @@ def losses(workdir):
 
 
 def test_an_interrupted_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path):
-    whole = train(tiny(tmp_path / "whole"), echo=None)
-    first = train(tiny(tmp_path / "split"), stop_after=6, echo=None)  # "killed" after step 6
+    extra = ("optim.grad_accum=2", "sample_tokens=8")
+    whole = train(tiny(tmp_path / "whole", *extra), echo=None)
+    first = train(tiny(tmp_path / "split", *extra), stop_after=6, echo=None)  # "killed" after step 6
     assert first.step == 6 and first.sample is None
-    resumed = train(tiny(tmp_path / "split"), echo=None)
+    resumed = train(tiny(tmp_path / "split", *extra), echo=None)
     assert resumed.resumed_from == 4 and resumed.step == 8  # steps 5 and 6 were recomputed
     for a, b in zip(leaves(whole.state), leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -91,7 +92,8 @@ def test_an_interrupted_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_pat
 def test_the_checkpoint_loads_as_a_model_that_generates(tmp_path):
     from jaxflash.inference import generate
 
-    result = train(tiny(tmp_path), echo=None)
+    result = train(tiny(tmp_path, "sample_tokens=4"), echo=None)
+    assert result.sample is not None and (tmp_path / "sample.txt").exists()
     model = load_model(tmp_path)
     from flax import nnx
 
@@ -121,9 +123,10 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 
 def test_eight_devices_train_like_one(tmp_path):
     assert jax.device_count() == 8  # tests/conftest.py
-    ref = train(tiny(tmp_path / "one", "batch_size=16"), echo=None)
-    data8 = train(tiny(tmp_path / "data8", "mesh.data=8", "batch_size=16"), echo=None)
-    fsdp = train(tiny(tmp_path / "fsdp", "mesh.data=4", "mesh.fsdp=2", "batch_size=16"), echo=None)
+    run = ("batch_size=16", "optim.grad_accum=2")
+    ref = train(tiny(tmp_path / "one", *run), echo=None)
+    data8 = train(tiny(tmp_path / "data8", "mesh.data=8", *run), echo=None)
+    fsdp = train(tiny(tmp_path / "fsdp", "mesh.data=4", "mesh.fsdp=2", *run), echo=None)
     # Float tolerance: the devices sum their rows' losses and gradients in a different order.
     for run in (data8, fsdp):
         np.testing.assert_allclose(losses(run.workdir), losses(ref.workdir), rtol=2e-5)
@@ -168,7 +171,7 @@ def test_the_loss_falls_on_the_default_corpus(tmp_path):
 def test_a_kill_during_a_save_loses_only_the_unsaved_steps(tmp_path):
     args = [f"{x}" for x in TINY if not x.startswith("steps")] + ["steps=12", f"workdir={tmp_path / 'run'}"]
     env = {**os.environ, "JAXFLASH_KILL_DURING_SAVE": "8"}
-    command = [sys.executable, "-m", "jaxflash.train", "lm_hyena", *args]
+    command = [sys.executable, "-m", "jaxflash.train", PRESET, *args]
     killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -185,3 +188,9 @@ def test_a_kill_during_a_save_loses_only_the_unsaved_steps(tmp_path):
         np.testing.assert_array_equal(a, np.asarray(b))
     assert losses(tmp_path / "run") == losses(tmp_path / "whole")
     assert pathlib.Path(tmp_path / "run" / "checkpoints" / "12").exists()
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
+    result = train(tiny(tmp_path, "model.dtype=bfloat16", "steps=2", "checkpoint_every=2"), echo=None)
+    assert all(x.dtype == np.float32 for x in leaves(result.state))
+    assert np.isfinite(losses(tmp_path)).all() and result.eval["eval_loss"] < 6.0
