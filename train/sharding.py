@@ -123,5 +123,8 @@ def local_rows(sharding: NamedSharding, batch_size: int) -> tuple[int, int]:
 
 
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """This process's rows -> global arrays laid out by ``sharding``."""
+    """This process's rows -> global arrays laid out by ``sharding`` (one transfer call for the whole
+    batch when this process holds all of it)."""
+    if jax.process_count() == 1:
+        return jax.device_put(local, sharding)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

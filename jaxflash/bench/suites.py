@@ -19,6 +19,7 @@ SUITE_MODULES: dict[str, str] = {
     "monarch": "jaxflash.bench.monarch",
     "ws": "jaxflash.bench.ws",
     "models": "jaxflash.bench.models",
+    "train": "jaxflash.bench.train",
 }
 
 
