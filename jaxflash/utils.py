@@ -21,6 +21,7 @@ The setting is read while tracing: a function jitted and traced before keeps the
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import os
 from collections.abc import Iterator
@@ -69,6 +70,38 @@ def check_int(name: str, value: Any, *, minimum: int = 1, power_of_two: bool = F
             want = f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {want}; got {value!r}")
     return int(value)
+
+
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
+) -> float:
+    """``value`` as a float, or a ``ValueError`` naming ``name``: a finite real number (not a bool) within
+    the bounds given (``above`` / ``below`` exclusive, ``at_least`` / ``at_most`` inclusive). NaN fails
+    every bound, since each is checked in its positive form."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (
+        real
+        and (above is None or value > above)
+        and (at_least is None or value >= at_least)
+        and (below is None or value < below)
+        and (at_most is None or value <= at_most)
+    )
+    if not ok:
+        bounds = [
+            f"{op} {bound}"
+            for op, bound in ((">", above), (">=", at_least), ("<", below), ("<=", at_most))
+            if bound is not None
+        ]
+        raise ValueError(
+            f"{name} must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}; got {value!r}"
+        )
+    return float(value)
 
 
 def true_span(mask: Any) -> tuple[Any, Any]:

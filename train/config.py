@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import numbers
 import types
 import typing
 from typing import Any, Union
@@ -21,19 +19,10 @@ from jaxflash.models import PRESETS as MODEL_PRESETS
 from jaxflash.models import LMConfig, M2Config, ParcaeConfig
 
 from jaxflash.data import DataConfig
-from jaxflash.utils import check_int
+from jaxflash.utils import check_int, check_real
 
 MODEL_CONFIGS = {cls.__name__: cls for cls in (LMConfig, M2Config, ParcaeConfig)}
 SCHEDULES = ("cosine", "linear", "constant")
-
-
-def _check_float(name: str, value: Any, *, low: float = 0.0, strict: bool = False, high: float | None = None):
-    # `not (x > low)` rather than `x <= low`: every comparison with NaN is False.
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = real and (value > low if strict else value >= low) and (high is None or value <= high)
-    if not ok:
-        bound = f"{'>' if strict else '>='} {low}" + ("" if high is None else f" and <= {high}")
-        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,23 +45,23 @@ class OptimConfig:
     pos_emb_lr: float | None = None  # Hyena filter positional encoding: None = filter_lr
 
     def __post_init__(self):
-        _check_float("optim.lr", self.lr, strict=True)
+        check_real("optim.lr", self.lr, above=0)
         for name in ("weight_decay", "filter_weight_decay"):
-            _check_float(f"optim.{name}", getattr(self, name))
-        _check_float("optim.b1", self.b1, high=1.0)
-        _check_float("optim.b2", self.b2, high=1.0)
-        _check_float("optim.eps", self.eps, strict=True)
+            check_real(f"optim.{name}", getattr(self, name), at_least=0)
+        check_real("optim.b1", self.b1, at_least=0, below=1)
+        check_real("optim.b2", self.b2, at_least=0, below=1)
+        check_real("optim.eps", self.eps, above=0)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule={self.schedule!r}; choose one of {SCHEDULES}")
         check_int("optim.warmup_steps", self.warmup_steps, minimum=0)
-        _check_float("optim.min_lr_ratio", self.min_lr_ratio, high=1.0)
+        check_real("optim.min_lr_ratio", self.min_lr_ratio, at_least=0, at_most=1)
         if self.clip_norm is not None:
-            _check_float("optim.clip_norm", self.clip_norm, strict=True)
+            check_real("optim.clip_norm", self.clip_norm, above=0)
         check_int("optim.grad_accum", self.grad_accum)
-        _check_float("optim.ssm_lr", self.ssm_lr, strict=True)
+        check_real("optim.ssm_lr", self.ssm_lr, above=0)
         for name in ("filter_lr", "pos_emb_lr"):
             if getattr(self, name) is not None:
-                _check_float(f"optim.{name}", getattr(self, name), strict=True)
+                check_real(f"optim.{name}", getattr(self, name), above=0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -151,7 +140,7 @@ class TrainConfig:
             check_int(name, getattr(self, name))
         for name in ("seed", "eval_every", "sample_tokens"):
             check_int(name, getattr(self, name), minimum=0)
-        _check_float("sample_temperature", self.sample_temperature)
+        check_real("sample_temperature", self.sample_temperature, at_least=0)
         if not self.workdir:
             raise ValueError("workdir must be a directory path")
         if self.batch_size % self.optim.grad_accum:

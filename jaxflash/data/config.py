@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
-from typing import Any
 
 from jaxflash.data import synthetic, text
 from jaxflash.data.base import Dataset, check_split
-from jaxflash.utils import check_int
+from jaxflash.utils import check_int, check_real
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +37,6 @@ _TASKS: dict[str, _Task] = {
 
 DATASETS: dict[str, str] = {name: task.description for name, task in _TASKS.items()}
 """Each dataset's name and a one-line description."""
-
-
-def _check_real(name: str, value: Any, *, low: float, high: float = math.inf) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and low < value < high
-    if not ok:
-        bound = f"> {low}" if high == math.inf else f"in ({low}, {high})"
-        raise ValueError(f"{name} must be a number {bound}; got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,8 +72,8 @@ class DataConfig:
         check_int("seed", self.seed, minimum=0)
         for field in ("num_kv_pairs", "num_tokens_to_copy"):
             check_int(field, getattr(self, field))
-        _check_real("power_a", self.power_a, low=0.0)
-        _check_real("validation_fraction", self.validation_fraction, low=0.0, high=1.0)
+        check_real("power_a", self.power_a, above=0)
+        check_real("validation_fraction", self.validation_fraction, above=0, below=1)
         if not isinstance(self.random_non_queries, bool):
             raise ValueError(f"random_non_queries must be true or false; got {self.random_non_queries!r}")
         text.check_token_dtype(self.token_dtype)

@@ -277,7 +277,7 @@ def test_mqar_power_law_makes_short_gaps_likelier():
         (dict(seq_len=63), "even seq_len"),
         (dict(vocab_size=64, seq_len=64), "vocab_size > seq_len"),
         (dict(seq_len=64, num_kv_pairs=17), "4 \\* num_kv_pairs <= seq_len"),
-        (dict(power_a=0.0), "power_a must be a number > 0"),
+        (dict(power_a=0.0), "power_a must be a finite number > 0"),
     ],
 )
 def test_mqar_constraints(overrides, message):
@@ -447,7 +447,7 @@ def test_token_file_errors(tmp_path):
         (dict(num_examples=10), "num_examples applies to the synthetic tasks"),
         (dict(seed=-1), "seed must be an integer >= 0; got -1"),
         (dict(path="x.txt"), "path must be None"),
-        (dict(validation_fraction=1.0), "validation_fraction must be a number in \\(0.0, 1.0\\); got 1.0"),
+        (dict(validation_fraction=1.0), "validation_fraction must be a finite number > 0 and < 1; got 1.0"),
         (dict(random_non_queries="yes"), "random_non_queries must be true or false; got 'yes'"),
         (dict(name="induction_head", seq_len=2), "seq_len must be an integer >= 3; got 2"),
         (dict(name="associative_recall", vocab_size=3), "vocab_size must be an integer >= 4; got 3"),

@@ -1,5 +1,7 @@
 """The leaf utilities every layer shares (``jaxflash.utils``)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,3 +82,19 @@ def test_check_int_names_the_argument_and_what_it_accepts(value, kw, match):
 def test_check_int_accepts_numpy_integers():
     assert utils.check_int("n", np.int64(32), minimum=16, power_of_two=True) == 32
     assert utils.is_int(np.int32(3)) and not utils.is_int(True) and not utils.is_int(3.0)
+
+
+def test_check_real_names_the_value_and_its_bounds():
+    from jaxflash.utils import check_real
+
+    assert check_real("lr", 3e-4, above=0) == 3e-4 and check_real("p", 1, at_least=0, at_most=1) == 1.0
+    for value, bounds, words in [
+        (0.0, dict(above=0), "lr must be a finite number > 0; got 0.0"),
+        (float("nan"), dict(above=0), "finite"),
+        (float("inf"), {}, "finite"),
+        (True, {}, "got True"),
+        ("1", {}, "got '1'"),
+        (1.0, dict(at_least=0, below=1), ">= 0 and < 1"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            check_real("lr", value, **bounds)
