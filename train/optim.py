@@ -12,8 +12,6 @@ The models mark parameter *kinds* (``jaxflash.models.SSMParam``, ``NoDecayParam`
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +19,8 @@ import jax
 import optax
 from flax import nnx
 from jaxflash.models import HyenaFilter, NoDecayParam, SSMParam
+
+from jaxflash.utils import check_real
 
 GROUPS = ("default", "no_decay", "ssm", "filter", "pos_emb")
 NO_DECAY_NAMES = ("bias", "scale", "mlm_bias")  # biases, norm scales and M2-BERT's decoder bias
@@ -86,15 +86,6 @@ def labels_fn(model: nnx.Module) -> Callable[[Any], Any]:
     return fn
 
 
-def _check_number(name: str, value: Any, *, positive: bool, below_one: bool = False) -> None:
-    # `not value > 0` rather than `value <= 0`: every comparison with NaN is False.
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = real and (value > 0 if positive else value >= 0) and (value < 1 if below_one else True)
-    if not ok:
-        bound = ("> 0" if positive else ">= 0") + (" and < 1" if below_one else "")
-        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
-
-
 def make_optimizer(
     model: nnx.Module,
     *,
@@ -119,12 +110,12 @@ def make_optimizer(
     filter_lr = lr if filter_lr is None else filter_lr
     pos_emb_lr = filter_lr if pos_emb_lr is None else pos_emb_lr
     for name, value in (("lr", lr), ("ssm_lr", ssm_lr), ("filter_lr", filter_lr), ("pos_emb_lr", pos_emb_lr)):
-        _check_number(name, value, positive=True)
+        check_real(name, value, above=0)
     for name, value in (("weight_decay", weight_decay), ("filter_weight_decay", filter_weight_decay)):
-        _check_number(name, value, positive=False)
-    _check_number("b1", b1, positive=False, below_one=True)
-    _check_number("b2", b2, positive=False, below_one=True)
-    _check_number("eps", eps, positive=True)
+        check_real(name, value, at_least=0)
+    check_real("b1", b1, at_least=0, below=1)
+    check_real("b2", b2, at_least=0, below=1)
+    check_real("eps", eps, above=0)
 
     def adamw(group_lr: float, wd: float) -> optax.GradientTransformation:
         rate = group_lr if schedule is None else (lambda step: group_lr * schedule(step))

@@ -123,9 +123,11 @@ class NoiseAwareClassifier:
         data = {"inputs": jnp.asarray(X), "probs": jnp.asarray(probs), "weights": jnp.asarray(w)}
         losses = []
         per_epoch = n // batch_size
+        order_epoch, order = -1, None
         for s in range(self.steps):
             epoch, position = divmod(s, per_epoch)
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+            if epoch != order_epoch:  # one permutation per epoch, not per step
+                order_epoch, order = epoch, np.random.default_rng([self.seed, epoch]).permutation(n)
             rows = jnp.asarray(order[position * batch_size : (position + 1) * batch_size])
             state, metrics = step(state, {name: values[rows] for name, values in data.items()})
             losses.append(metrics["loss"])
