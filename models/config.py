@@ -139,6 +139,7 @@ class H3Config:
     dt_min: float = 1e-3  # log_dt ~ U[log dt_min, log dt_max] per head
     dt_max: float = 1e-1
     discretization: str = "bilinear"  # safari's SSKernelDiag default; "zoh" is the option
+    diag_B: bool = True  # the diagonal SSM's B as its own trainable SSM parameter (safari); False: folded into C
 
     def __post_init__(self):
         _positive("d_state", self.d_state)

@@ -8,13 +8,14 @@ Layer (head_dim d_h; H = d / d_h heads)::
     kv[h, i, j] = k_bar[h, i] v[h, j]                    outer product per head (d_h = 1: elementwise)
     s = K_diag[h] * kv + D[h] . kv                       diagonal SSM, one kernel per head
     y[h, j] = sum_i q[h, i] s[h, i, j]                   mul_sum
-    out = W_o y
+    out = W_o y                                          y flattened as (j, h): feature j H + h (safari)
 
 Shift SSM kernel ``K_shift[c, i] = sum_n B[c, n] C[c, n + i]`` (i < N), B initialised to e_1, so
 ``K_shift = C[:, :N]`` at init. Recurrence: ``x_t = shift(x_{t-1}) + B u_t``, ``y_t = C . x_t``.
 
 Diagonal SSM (S4D-Lin, Gu et al. 2022): N/2 modes ``A_n = -exp(inv_A_real) + i A_imag`` initialised to
-``-1/2 + i pi n``; ``C ~ CN(0, 1)`` (B = 1 folded in); ``log dt ~ U[log dt_min, log dt_max]``.
+``-1/2 + i pi n``; ``C ~ CN(0, 1)``; ``B = 1``, a trainable SSM parameter of its own as in safari
+(``H3Config.diag_B``; False folds it into C); ``log dt ~ U[log dt_min, log dt_max]``.
 Bilinear discretisation (safari's default)::
 
     dA = (1 + dt A / 2) / (1 - dt A / 2),   dB = dt / (1 - dt A / 2)
@@ -51,8 +52,9 @@ class ShiftSSMKernel(nnx.Module):
     def __init__(self, channels: int, d_state: int, *, rngs: nnx.Rngs):
         self.d_state = d_state
         self.B = SSMParam(jnp.zeros((channels, d_state), jnp.float32).at[:, 0].set(1.0))
-        # torch kaiming_uniform_(a=sqrt(5)) on C of shape (1, channels, N): U(+-1/sqrt(channels * N)).
-        bound = 1.0 / math.sqrt(channels * d_state)
+        # safari draws C with torch's kaiming_uniform_(a=sqrt(5)) on shape (channels, 1, N) before moving
+        # the channel axis: fan_in = 1 * N, so C ~ U(+-1/sqrt(N)) (Conv1d's init), per channel.
+        bound = 1.0 / math.sqrt(d_state)
         self.C = nnx.Param(jax.random.uniform(rngs.params(), (channels, d_state), jnp.float32, -bound, bound))
 
     def kernel(self, length: int) -> Float[Array, "l c"]:
@@ -86,11 +88,13 @@ class DiagSSMKernel(nnx.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         discretization: str = "bilinear",
+        trainable_B: bool = True,
         rngs: nnx.Rngs,
     ):
         if discretization not in ("bilinear", "zoh"):
             raise ValueError(f"discretization={discretization!r}; choose 'bilinear' or 'zoh'")
         self.discretization = discretization
+        self.trainable_B = trainable_B
         modes = d_state // 2
         self.log_dt = SSMParam(
             jax.random.uniform(rngs.params(), (channels,), jnp.float32, math.log(dt_min), math.log(dt_max))
@@ -103,12 +107,17 @@ class DiagSSMKernel(nnx.Module):
         self.C = nnx.Param(
             jax.random.normal(rngs.params(), (channels, modes, 2), jnp.float32) * math.sqrt(0.5)
         )
+        if trainable_B:
+            # safari keeps B (initialised to 1) as its own SSM parameter and uses C * B.
+            self.B = SSMParam(jnp.zeros((channels, modes, 2), jnp.float32).at[..., 0].set(1.0))
 
     def discrete(self) -> tuple[Complex[Array, "c n"], Complex[Array, "c n"]]:
         """``(dA, C dB)``: the discrete poles and the output weights of each mode."""
         dt = jnp.exp(self.log_dt[...])[:, None]
         A = -jnp.exp(self.inv_A_real[...]) + 1j * self.A_imag[...]
         C = self.C[..., 0] + 1j * self.C[..., 1]
+        if self.trainable_B:
+            C = C * (self.B[..., 0] + 1j * self.B[..., 1])
         dtA = dt * A
         if self.discretization == "bilinear":
             dA = (1 + dtA / 2) / (1 - dtA / 2)
@@ -169,6 +178,7 @@ class H3(nnx.Module):
             dt_min=config.dt_min,
             dt_max=config.dt_max,
             discretization=config.discretization,
+            trainable_B=config.diag_B,
             rngs=rngs,
         )
         self.D = nnx.Param(jax.random.normal(rngs.params(), (self.num_heads,), jnp.float32))
@@ -202,7 +212,8 @@ class H3(nnx.Module):
             s = self._conv(
                 kv.reshape(b, length, H * dh * dh), self._per_channel(k_diag), self._per_channel(self.D[...])
             )
-            y = jnp.einsum("blhi,blhij->blhj", q.reshape(b, length, H, dh), s.reshape(b, length, H, dh, dh))
+            # safari flattens the heads' outputs as (d_h, H): feature j * H + h.
+            y = jnp.einsum("blhi,blhij->bljh", q.reshape(b, length, H, dh), s.reshape(b, length, H, dh, dh))
             y = y.reshape(b, length, d)
         return self.out_proj(y)
 
@@ -223,5 +234,5 @@ class H3(nnx.Module):
         dA, cdb = self._per_channel(dA.T).T, self._per_channel(cdb.T).T  # per kv channel (h, i, j)
         diag = dA * state["diag"] + kv[..., None]
         s = 2 * jnp.sum(cdb * diag, axis=-1).real + self._per_channel(self.D[...]) * kv
-        y = jnp.einsum("bhi,bhij->bhj", q.astype(jnp.float32).reshape(b, H, dh), s.reshape(b, H, dh, dh))
+        y = jnp.einsum("bhi,bhij->bjh", q.astype(jnp.float32).reshape(b, H, dh), s.reshape(b, H, dh, dh))
         return self.out_proj(y.reshape(b, d).astype(self.dtype)), dict(shift=shift, diag=diag)

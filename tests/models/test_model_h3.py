@@ -4,11 +4,12 @@ and the recurrent step."""
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from jaxflash.models import H3, H3Config
-from jaxflash.models.h3 import DiagSSMKernel, ShiftSSMKernel
+from jaxflash.models.h3 import DiagSSMKernel, ShiftSSMKernel, SSMParam
 
 from jaxflash.testing import assert_close, random_normal
 
@@ -95,7 +96,8 @@ def test_h3_forward_is_the_mul_sum_equations(key):
                 kv = k_bar[..., h * dh + i] * v[..., h * dh + j]
                 s = _direct_causal_conv(kv[..., None], kd[:, h : h + 1])[..., 0] + D[h] * kv
                 y[:, :, h, j] += q[..., h * dh + i] * s
-    expected = y.reshape(2, length, d) @ f64(h3.out_proj.kernel[...]) + f64(h3.out_proj.bias[...])
+    # safari's output layout: feature j * heads + h.
+    expected = y.transpose(0, 1, 3, 2).reshape(2, length, d) @ f64(h3.out_proj.kernel[...]) + f64(h3.out_proj.bias[...])
     assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -113,8 +115,25 @@ def test_h3_bad_head_dim():
 
 
 def test_h3_shift_c_init_range():
+    # safari: kaiming_uniform_(a=sqrt(5)) on (channels, 1, N), so U(+-1/sqrt(N)) whatever the width.
     k = ShiftSSMKernel(16, 8, rngs=nnx.Rngs(5))
-    bound = 1 / math.sqrt(16 * 8)
+    bound = 1 / math.sqrt(8)
     C = np.asarray(k.C[...])
     assert np.all(np.abs(C) <= bound) and np.abs(C).max() > bound / 2
     assert jax.tree.leaves(nnx.state(k, nnx.Param))  # B and C are parameters
+
+
+def test_diag_b_is_a_trainable_factor_of_c(key):
+    """safari's diagonal SSM keeps B (init 1) as its own parameter and uses C * B; folding B into C
+    (diag_B=False) gives the same kernel."""
+    with_b = DiagSSMKernel(3, 8, trainable_B=True, rngs=nnx.Rngs(6))
+    folded = DiagSSMKernel(3, 8, trainable_B=False, rngs=nnx.Rngs(6))
+    assert_close(with_b.kernel(20), folded.kernel(20), atol=1e-6)  # B = 1 at init
+    B = np.asarray(random_normal(key, (3, 4, 2)))
+    with_b.B[...] = jnp.asarray(B)
+    C = np.asarray(folded.C[...])
+    Cb = (C[..., 0] + 1j * C[..., 1]) * (B[..., 0] + 1j * B[..., 1])
+    folded.C[...] = jnp.asarray(np.stack([Cb.real, Cb.imag], -1), jnp.float32)
+    assert_close(with_b.kernel(20), folded.kernel(20), atol=1e-5)
+    assert isinstance(with_b.B, SSMParam)  # the SSM learning rate, no weight decay
+    assert not hasattr(folded, "B")
