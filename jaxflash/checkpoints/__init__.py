@@ -1,0 +1,1 @@
+"""Converters between the papers' released PyTorch checkpoints and jaxflash models."""
