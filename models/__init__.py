@@ -10,7 +10,7 @@ generation where it is causal) and their configs::
 
 Presets are functions returning configs (``tiny_lm("hyena")``, ``hyena_153m()``); ``PRESETS`` maps
 their names to them. The layers compose into other models: the mixers (``Attention``, ``H3``,
-``HyenaOperator``, ``LongConv``, ``M2Mixer``) share ``__call__`` / ``init_state`` / ``step``, and
+``HyenaOperator``, ``LongConv``, ``S4D``, ``M2Mixer``) share ``__call__`` / ``init_state`` / ``step``, and
 ``Block`` wraps any of them with an ``MLP`` (see ``transformer.py``).
 """
 
@@ -26,6 +26,7 @@ from jaxflash.models.config import (
     LongConvConfig,
     M2Config,
     ParcaeConfig,
+    S4DConfig,
     gpt2_125m,
     h3_125m,
     hyena_153m,
@@ -36,7 +37,7 @@ from jaxflash.models.config import (
     parcae_tiny,
     tiny_lm,
 )
-from jaxflash.models.h3 import H3, SSMParam
+from jaxflash.models.h3 import H3, S4D, SSMParam
 from jaxflash.models.hyena import HyenaFilter, HyenaOperator, ShortConv
 from jaxflash.models.lm import M2GPT, DecoderLM, LanguageModel
 from jaxflash.models.long_conv import LongConv
@@ -75,6 +76,8 @@ __all__ = [
     "NoDecayParam",
     "Parcae",
     "ParcaeConfig",
+    "S4D",
+    "S4DConfig",
     "SSMParam",
     "ShortConv",
     "gpt2_125m",

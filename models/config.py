@@ -28,11 +28,12 @@ import jax.numpy as jnp
 
 from jaxflash.utils import check_int
 
-MIXERS = ("attention", "h3", "hyena", "long_conv")
+MIXERS = ("attention", "h3", "hyena", "long_conv", "s4d")
 MLPS = ("gelu", "swiglu", "relu2")
 NORMS = ("layer", "rms")
 INJECTIONS = ("diagonal", "linear", "additive")
 DISCRETIZATIONS = ("bilinear", "zoh")
+S4D_INITS = ("lin", "inv")  # diagonal-SSM init of Im A: S4D-Lin (H3) or S4D-Inv (safari's S4D layer)
 
 
 def _positive(name: str, value: Any) -> None:
@@ -139,7 +140,7 @@ class H3Config:
     dt_min: float = 1e-3  # log_dt ~ U[log dt_min, log dt_max] per head
     dt_max: float = 1e-1
     discretization: str = "bilinear"  # safari's SSKernelDiag default; "zoh" is the option
-    diag_B: bool = True  # the diagonal SSM's B as its own trainable SSM parameter (safari); False: folded into C
+    diag_B: bool = True  # diagonal SSM: B trained on its own (safari); False: folded into C
 
     def __post_init__(self):
         _positive("d_state", self.d_state)
@@ -152,6 +153,32 @@ class H3Config:
         _positive_float("dt_max", self.dt_max)
         if self.dt_min > self.dt_max:
             raise ValueError(f"need dt_min <= dt_max; got dt_min={self.dt_min}, dt_max={self.dt_max}")
+        if self.discretization not in DISCRETIZATIONS:
+            raise ValueError(f"discretization={self.discretization!r}; choose one of {DISCRETIZATIONS}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class S4DConfig:
+    """The S4D layer (Gu et al. 2022) as safari's ``s4d.yaml`` builds it: the H3 paper's SSM baseline."""
+
+    d_state: int = 64  # N: N/2 complex modes per channel
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    init: str = "inv"  # imaginary parts of A: "inv" (S4D-Inv, safari's S4D default) or "lin" (S4D-Lin)
+    discretization: str = "zoh"  # safari's S4D layer discretises by ZOH
+
+    def __post_init__(self):
+        _positive("d_state", self.d_state)
+        if self.d_state % 2:
+            raise ValueError(
+                f"d_state={self.d_state} must be even: the diagonal SSM keeps d_state/2 conjugate pairs"
+            )
+        _positive_float("dt_min", self.dt_min)
+        _positive_float("dt_max", self.dt_max)
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"need dt_min <= dt_max; got dt_min={self.dt_min}, dt_max={self.dt_max}")
+        if self.init not in S4D_INITS:
+            raise ValueError(f"init={self.init!r}; choose one of {S4D_INITS}")
         if self.discretization not in DISCRETIZATIONS:
             raise ValueError(f"discretization={self.discretization!r}; choose one of {DISCRETIZATIONS}")
 
@@ -242,12 +269,13 @@ class LMConfig(_ModelFields):
     n_layers: int  # number of blocks
     d_inner: int | None = None  # MLP hidden width; None = 4 * d_model
     max_seq_len: int = 1024  # l_max: longest sequence (filter length, positional table, KV cache)
-    mixer: str = "attention"  # sequence mixer of every block not in attn_layer_idx
+    mixer: str = "attention"  # sequence mixer of every block not in attn_layer_idx (one of MIXERS)
     attn_layer_idx: tuple[int, ...] = ()  # blocks that use attention instead (hybrid H3/Hyena LMs)
     attention: AttentionConfig = dataclasses.field(default_factory=AttentionConfig)
     h3: H3Config = dataclasses.field(default_factory=H3Config)
     hyena: HyenaConfig = dataclasses.field(default_factory=HyenaConfig)
     long_conv: LongConvConfig = dataclasses.field(default_factory=LongConvConfig)
+    s4d: S4DConfig = dataclasses.field(default_factory=S4DConfig)
     mlp: str = "gelu"  # "gelu" (fc1, tanh-GELU, fc2), "swiglu" (gated), "relu2" (squared ReLU)
     norm: str = "layer"  # "layer" (LayerNorm) or "rms" (RMSNorm)
     norm_eps: float = 1e-5
@@ -454,6 +482,7 @@ def tiny_lm(mixer: str = "attention", **overrides: Any) -> LMConfig:
         h3=H3Config(d_state=8),
         hyena=HyenaConfig(filter_order=16, emb_dim=5),
         long_conv=LongConvConfig(channels=2, lam=0.001),
+        s4d=S4DConfig(d_state=8),
         implementation="xla",
     )
     return dataclasses.replace(base, **overrides)

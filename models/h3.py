@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxflash.models.config import H3Config
+from jaxflash.models.config import S4D_INITS, H3Config, S4DConfig
 from jaxtyping import Array, Complex, Float
 
 import jaxflash
@@ -78,7 +78,8 @@ class ShiftSSMKernel(nnx.Module):
 
 
 class DiagSSMKernel(nnx.Module):
-    """S4D-Lin diagonal SSM kernel, one per channel (head), N/2 complex modes, bilinear or ZOH."""
+    """Diagonal SSM kernel (S4D-Lin or S4D-Inv init), one per channel (head), N/2 complex modes,
+    bilinear or ZOH."""
 
     def __init__(
         self,
@@ -89,10 +90,13 @@ class DiagSSMKernel(nnx.Module):
         dt_max: float = 1e-1,
         discretization: str = "bilinear",
         trainable_B: bool = True,
+        init: str = "lin",
         rngs: nnx.Rngs,
     ):
         if discretization not in ("bilinear", "zoh"):
             raise ValueError(f"discretization={discretization!r}; choose 'bilinear' or 'zoh'")
+        if init not in S4D_INITS:
+            raise ValueError(f"init={init!r}; choose one of {S4D_INITS}")
         self.discretization = discretization
         self.trainable_B = trainable_B
         modes = d_state // 2
@@ -100,13 +104,22 @@ class DiagSSMKernel(nnx.Module):
             jax.random.uniform(rngs.params(), (channels,), jnp.float32, math.log(dt_min), math.log(dt_max))
         )
         self.inv_A_real = SSMParam(jnp.full((channels, modes), math.log(0.5), jnp.float32))
-        self.A_imag = SSMParam(
-            jnp.broadcast_to(math.pi * jnp.arange(modes, dtype=jnp.float32), (channels, modes))
-        )
+        n = jnp.arange(modes, dtype=jnp.float32)
+        # S4D-Lin: Im A_n = pi n. S4D-Inv: Im A_n = (N / pi) (N / (1 + 2 n) - 1), N = d_state.
+        imag = math.pi * n if init == "lin" else d_state / math.pi * (d_state / (1 + 2 * n) - 1)
+        self.A_imag = SSMParam(jnp.broadcast_to(imag, (channels, modes)))
         # C ~ CN(0, 1): real and imaginary parts each N(0, 1/2). Stored as [..., 2] real pairs.
-        self.C = nnx.Param(
-            jax.random.normal(rngs.params(), (channels, modes, 2), jnp.float32) * math.sqrt(0.5)
-        )
+        C = jax.random.normal(rngs.params(), (channels, modes, 2), jnp.float32) * math.sqrt(0.5)
+        if init == "inv":
+            # safari's random_dplr: B ~ CN(0, 1) per mode (one draw shared by the channels), scaled so a
+            # random C gives unit kernel variance, and folded into C.
+            A = -0.5 + 1j * imag
+            b = jax.random.normal(rngs.params(), (modes, 2), jnp.float32) * math.sqrt(0.5)
+            b = b[:, 0] + 1j * b[:, 1]
+            b = b / jnp.sqrt(2 * jnp.sum(jnp.abs(-b / A) ** 2))
+            Cc = (C[..., 0] + 1j * C[..., 1]) * b
+            C = jnp.stack([Cc.real, Cc.imag], axis=-1)
+        self.C = nnx.Param(C)
         if trainable_B:
             # safari keeps B (initialised to 1) as its own SSM parameter and uses C * B.
             self.B = SSMParam(jnp.zeros((channels, modes, 2), jnp.float32).at[..., 0].set(1.0))
@@ -236,3 +249,62 @@ class H3(nnx.Module):
         s = 2 * jnp.sum(cdb * diag, axis=-1).real + self._per_channel(self.D[...]) * kv
         y = jnp.einsum("bhi,bhij->bjh", q.astype(jnp.float32).reshape(b, H, dh), s.reshape(b, H, dh, dh))
         return self.out_proj(y.reshape(b, d).astype(self.dtype)), dict(shift=shift, diag=diag)
+
+
+class S4D(nnx.Module):
+    """The S4D layer (Gu et al. 2022), safari ``src/models/sequence/ssm/s4d.py``: the baseline of the
+    H3 paper's synthetic table. ``[b, l, d] -> [b, l, d]``::
+
+        y = W_o GELU(K * u + D . u)          K: one diagonal SSM kernel per channel (S4D-Inv, ZOH)
+
+    safari's layer defaults: S4D-Inv init with a random B folded into C, ZOH discretisation, one
+    kernel channel, no dropout, no activation after the output Linear. Recurrent ``step``: the same
+    diagonal state recurrence as H3's second SSM.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        config: S4DConfig,
+        *,
+        dtype: Any = jnp.float32,
+        implementation: str | None = None,
+        fft_size: int | None = None,
+        rngs: nnx.Rngs,
+    ):
+        self.dtype = dtype
+        self.implementation = implementation
+        self.fft_size = fft_size
+        self.kernel = DiagSSMKernel(
+            d_model,
+            config.d_state,
+            dt_min=config.dt_min,
+            dt_max=config.dt_max,
+            discretization=config.discretization,
+            trainable_B=False,
+            init=config.init,
+            rngs=rngs,
+        )
+        self.D = nnx.Param(jax.random.normal(rngs.params(), (d_model,), jnp.float32))
+        self.out_proj = nnx.Linear(d_model, d_model, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, u: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+        k = self.kernel.kernel(u.shape[1]).astype(u.dtype)
+        y = jaxflash.fftconv(
+            u,
+            k,
+            skip=self.D[...].astype(u.dtype),
+            fft_size=self.fft_size,
+            implementation=self.implementation,
+        )
+        return self.out_proj(jax.nn.gelu(y, approximate=False))
+
+    def init_state(self, batch: int, max_len: int | None = None) -> State:
+        del max_len  # the recurrent state does not grow with the sequence
+        return dict(ssm=jnp.zeros((batch, *self.kernel.inv_A_real.shape), jnp.complex64))
+
+    def step(self, u: Float[Array, "b d"], state: State) -> tuple[Float[Array, "b d"], State]:
+        dA, cdb = self.kernel.discrete()
+        ssm = dA * state["ssm"] + u.astype(jnp.float32)[..., None]
+        y = 2 * jnp.sum(cdb * ssm, axis=-1).real + self.D[...] * u.astype(jnp.float32)
+        return self.out_proj(jax.nn.gelu(y, approximate=False).astype(self.dtype)), dict(ssm=ssm)

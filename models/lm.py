@@ -4,7 +4,7 @@
 baselines) -> ``n_layers`` pre-norm blocks -> final norm -> LM head tied to the embedding. A model
 built on it says only what its blocks are and which norm it uses:
 
-- ``LanguageModel``: each block's mixer is attention, H3, Hyena or a long convolution (hybrids put
+- ``LanguageModel``: each block's mixer is attention, H3, Hyena, a long convolution or S4D (hybrids put
   attention at ``attn_layer_idx``), with a GELU, SwiGLU or squared-ReLU MLP.
 - ``M2GPT``: the causal Monarch Mixer and the block-diagonal GLU MLP, LayerNorm.
 
@@ -24,7 +24,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 from jaxflash.models.config import LMConfig, M2Config
-from jaxflash.models.h3 import H3
+from jaxflash.models.h3 import H3, S4D
 from jaxflash.models.hyena import HyenaOperator
 from jaxflash.models.long_conv import LongConv
 from jaxflash.models.m2 import BlockDiagGLU, M2Mixer
@@ -57,6 +57,8 @@ def build_mixer(config: LMConfig, layer: int, *, rngs: nnx.Rngs) -> nnx.Module:
         return Attention(config.d_model, config.attention, norm_eps=config.norm_eps, **kw)
     if kind == "h3":
         return H3(config.d_model, config.h3, fft_size=config.fft_size, **kw)
+    if kind == "s4d":
+        return S4D(config.d_model, config.s4d, fft_size=config.fft_size, **kw)
     if kind == "hyena":
         return HyenaOperator(config.d_model, config.max_seq_len, config.hyena, fft_size=config.fft_size, **kw)
     return LongConv(config.d_model, config.max_seq_len, config.long_conv, fft_size=config.fft_size, **kw)
@@ -141,7 +143,7 @@ class DecoderLM(nnx.Module):
 
 
 class LanguageModel(DecoderLM):
-    """Decoder-only LM with attention, H3, Hyena or long-convolution mixers (module docstring)."""
+    """Decoder-only LM with attention, H3, Hyena, long-convolution or S4D mixers (module docstring)."""
 
     def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
         require_config(config, LMConfig, "LanguageModel")

@@ -97,7 +97,9 @@ def test_h3_forward_is_the_mul_sum_equations(key):
                 s = _direct_causal_conv(kv[..., None], kd[:, h : h + 1])[..., 0] + D[h] * kv
                 y[:, :, h, j] += q[..., h * dh + i] * s
     # safari's output layout: feature j * heads + h.
-    expected = y.transpose(0, 1, 3, 2).reshape(2, length, d) @ f64(h3.out_proj.kernel[...]) + f64(h3.out_proj.bias[...])
+    expected = y.transpose(0, 1, 3, 2).reshape(2, length, d) @ f64(h3.out_proj.kernel[...]) + f64(
+        h3.out_proj.bias[...]
+    )
     assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
