@@ -33,6 +33,7 @@ MLPS = ("gelu", "swiglu", "relu2")
 NORMS = ("layer", "rms")
 INJECTIONS = ("diagonal", "linear", "additive")
 DISCRETIZATIONS = ("bilinear", "zoh")
+HYENA_FILTERS = ("implicit", "conv1d")
 S4D_INITS = ("lin", "inv")  # diagonal-SSM init of Im A: S4D-Lin (H3) or S4D-Inv (safari's S4D layer)
 
 
@@ -197,9 +198,14 @@ class HyenaConfig:
     fast_decay_pct: float = 0.3  # fastest channel decays to `decay_target` at this fraction of l_max
     slow_decay_pct: float = 1.5  # slowest channel decays to `decay_target` at this fraction of l_max
     decay_target: float = 1e-2
+    filter: str = "implicit"  # "implicit" (the FFN above) or "conv1d" (explicit taps; the paper's baseline)
+    explicit_taps: int = 64  # taps of the "conv1d" filter (Hyena paper Table A.2: 64)
 
     def __post_init__(self):
         _positive("order", self.order)
+        if self.filter not in HYENA_FILTERS:
+            raise ValueError(f"filter={self.filter!r}; choose one of {HYENA_FILTERS}")
+        _positive("explicit_taps", self.explicit_taps)
         if self.order < 2:
             raise ValueError(f"order={self.order} must be >= 2: order N has N-1 long convolutions")
         _positive("filter_order", self.filter_order)
@@ -353,6 +359,11 @@ class M2Config(_ModelFields):
         if self.hyena.order != 2:
             raise ValueError(
                 f"hyena.order={self.hyena.order}: the Monarch Mixer has one gated long convolution, order 2"
+            )
+        if self.hyena.filter != "implicit":
+            raise ValueError(
+                f"hyena.filter={self.hyena.filter!r}: the Monarch Mixer's filters are implicit; "
+                "set hyena.filter='implicit'"
             )
         _divides("mlp_nblocks", self.mlp_nblocks, "d_model", self.d_model)
         _divides("mlp_nblocks", self.mlp_nblocks, "d_inner", self.ffn_dim)

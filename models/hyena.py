@@ -10,6 +10,11 @@ applied BEFORE its convolution; the paper's figure draws the convolution first):
         v = h_o * (x_i . v) + b_o . (x_i . v)   long causal convolution; the filter bias is a D-skip
     y = W_out(x_0 . v)
 
+The filter has (N - 1) d channels laid out as safari's ``(v o)``: convolution o uses channels
+``c = v (N - 1) + o`` (v < d), and so the decay rate of channel c below; one weight mapping loads a
+safari checkpoint of any order. ``HyenaConfig(filter="conv1d")`` swaps the implicit filter for an
+explicit ``explicit_taps``-tap one (the paper's Conv1d baseline).
+
 Implicit filter ``h = FFN(z_t) . exp(-t |delta_c|)`` over positions t = 0..L-1:
 
 - ``z_t = [t/(l_max-1), cos(f w_t), -sin(f w_t)]`` with ``w_t = 2 pi t / l_max`` and
@@ -33,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxflash.models.config import HyenaConfig
+from jaxflash.models.h3 import SSMParam
 from jaxflash.models.validation import check_step_position
 from jaxtyping import Array, Float
 
@@ -163,6 +169,31 @@ class HyenaFilter(nnx.Module):
         return self.ffn_rev(self.z[:length], self.freq[...]) * self.decay(length)
 
 
+class ExplicitFilter(nnx.Module):
+    """An explicit short filter of ``taps`` taps per channel, zero beyond (the Hyena paper's "Conv1d"
+    row of Table A.2 / Fig. 4.1, in place of the implicit filter). Same interface as
+    :class:`HyenaFilter`: ``kernel(length)`` and a D-skip ``bias``. torch ``Conv1d``'s weight init,
+    U(+-1/sqrt(taps)); the weight trains as a kernel parameter (:class:`~jaxflash.models.SSMParam`)."""
+
+    def __init__(self, channels: int, max_len: int, taps: int, *, rngs: nnx.Rngs):
+        self.channels = channels
+        self.max_len = max_len
+        bound = 1.0 / math.sqrt(taps)
+        self.weight = SSMParam(
+            jax.random.uniform(rngs.params(), (taps, channels), jnp.float32, -bound, bound)
+        )
+        self.bias = nnx.Param(jax.random.normal(rngs.params(), (channels,), jnp.float32))
+
+    def kernel(self, length: int) -> Float[Array, "l c"]:
+        if length > self.max_len:
+            raise ValueError(
+                f"sequence length {length} exceeds the filter's max_len={self.max_len}; raise max_seq_len"
+            )
+        w = self.weight[...]
+        taps = w.shape[0]
+        return w[:length] if length <= taps else jnp.pad(w, ((0, length - taps), (0, 0)))
+
+
 class HyenaOperator(nnx.Module):
     """The Hyena mixer of order N (see the module docstring), ``[b, l, d] -> [b, l, d]``."""
 
@@ -186,7 +217,11 @@ class HyenaOperator(nnx.Module):
         width = (config.order + 1) * d_model
         self.in_proj = nnx.Linear(d_model, width, dtype=dtype, rngs=rngs)
         self.short_conv = ShortConv(width, config.short_filter_order, rngs=rngs)
-        self.filter = HyenaFilter((config.order - 1) * d_model, max_len, config, rngs=rngs)
+        channels = (config.order - 1) * d_model
+        if config.filter == "implicit":
+            self.filter = HyenaFilter(channels, max_len, config, rngs=rngs)
+        else:
+            self.filter = ExplicitFilter(channels, max_len, config.explicit_taps, rngs=rngs)
         self.out_proj = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
 
     def __call__(self, u: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
@@ -196,13 +231,13 @@ class HyenaOperator(nnx.Module):
         x0, gates, v = chunks[0], chunks[1:-1], chunks[-1]
         h = self.filter.kernel(length).astype(u.dtype)
         bias = self.filter.bias[...].astype(u.dtype)
-        d = self.d_model
+        n_convs = len(gates)
         for o, x_i in enumerate(reversed(gates)):
-            last = o == len(gates) - 1
+            last = o == n_convs - 1
             v = jaxflash.fftconv(
                 v,
-                h[:, o * d : (o + 1) * d],
-                skip=bias[o * d : (o + 1) * d],
+                h[:, o::n_convs],  # safari's (v o) channel layout: channel c = v (N - 1) + o
+                skip=bias[o::n_convs],
                 pre_gate=x_i,
                 post_gate=x0 if last else None,
                 fft_size=self.fft_size,
@@ -230,12 +265,12 @@ class HyenaOperator(nnx.Module):
         max_len = state["history"].shape[2]
         h = self.filter.kernel(max_len)
         bias = self.filter.bias[...]
-        d = self.d_model
+        n_convs = len(gates)
         histories = []
         for o, x_i in enumerate(reversed(gates)):
             g = (x_i * v).astype(jnp.float32)
-            y, hist = history_conv_step(state["history"][o], g, h[:, o * d : (o + 1) * d], pos)
+            y, hist = history_conv_step(state["history"][o], g, h[:, o::n_convs], pos)
             histories.append(hist)
-            v = (y + bias[o * d : (o + 1) * d] * g).astype(self.dtype)
+            v = (y + bias[o::n_convs] * g).astype(self.dtype)
         out = self.out_proj(x0 * v)
         return out, dict(window=window, history=jnp.stack(histories), pos=pos + 1)

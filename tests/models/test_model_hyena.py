@@ -1,13 +1,15 @@
 """Hyena pinned to safari's code: implicit filter (positional encoding, one shared Sin frequency,
 decay window, bias as skip), gates before each of the N-1 long convolutions; causality and the step."""
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jaxflash.models import HyenaConfig, HyenaFilter, HyenaOperator
+from jaxflash.models import HyenaConfig, HyenaFilter, HyenaOperator, SSMParam
+from jaxflash.models.hyena import ExplicitFilter
 
 from jaxflash.testing import assert_close, random_normal
 
@@ -85,3 +87,47 @@ def test_operator_rejects_sequences_longer_than_the_filter(key):
     op = HyenaOperator(4, 8, CFG, implementation="xla", rngs=nnx.Rngs(3))
     with pytest.raises(ValueError, match="exceeds the filter's max_len=8"):
         op(random_normal(key, (1, 9, 4)))
+
+
+def _short_conv(op, z):
+    w, b = np.asarray(op.short_conv.weight[...], np.float64), np.asarray(op.short_conv.bias[...], np.float64)
+    zp = np.pad(z, ((0, 0), (2, 0), (0, 0)))
+    return w[0] * zp[:, :-2] + w[1] * zp[:, 1:-1] + w[2] * zp[:, 2:] + b
+
+
+def test_order3_uses_safaris_v_o_filter_layout(key):
+    """safari: ``k = rearrange(k, 'l (v o) -> o v l')``, bias alike: convolution o takes the filter
+    channels v (N - 1) + o, so with the decay indexed by channel, each convolution mixes fast and slow
+    decays (not one contiguous block of rates)."""
+    d, length, order = 4, 9, 3
+    op = HyenaOperator(d, 16, dataclasses.replace(CFG, order=order), implementation="xla", rngs=nnx.Rngs(5))
+    u = random_normal(key, (2, length, d))
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    out, z, h = nnx.jit(lambda m, u: (m(u), m.in_proj(u), m.filter.kernel(length)))(op, u)
+    zc = _short_conv(op, f64(z))
+    x = [zc[..., i * d : (i + 1) * d] for i in range(order)]
+    v = zc[..., order * d :]
+    k = f64(h).reshape(length, d, order - 1).transpose(2, 0, 1)  # 'l (v o) -> o l v'
+    bias = f64(op.filter.bias[...]).reshape(d, order - 1).T  # '(v o) -> o v'
+    for o, x_i in enumerate(reversed(x[1:])):
+        g = v * x_i
+        v = _causal(g, k[o]) + bias[o] * g
+    expected = (v * x[0]) @ f64(op.out_proj.kernel[...]) + f64(op.out_proj.bias[...])
+    assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_conv1d_filter_is_explicit_and_short(key, checks):
+    cfg = dataclasses.replace(CFG, filter="conv1d", explicit_taps=3)
+    op = HyenaOperator(4, 16, cfg, implementation="xla", rngs=nnx.Rngs(6))
+    assert isinstance(op.filter, ExplicitFilter) and op.filter.weight.shape == (3, 4)
+    h = np.asarray(op.filter.kernel(10))
+    assert_close(h[:3], op.filter.weight[...]) and np.all(h[3:] == 0)
+    assert isinstance(op.filter.weight, SSMParam)
+    u = random_normal(key, (2, 10, 4))
+    checks.causal(op, u, cut=6)
+    checks.step(op, u, max_len=16, atol=5e-5)
+
+
+def test_filter_kind_is_checked():
+    with pytest.raises(ValueError, match="filter='fno'"):
+        HyenaConfig(filter="fno")
