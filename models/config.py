@@ -343,6 +343,7 @@ class M2Config(_ModelFields):
     type_vocab_size: int = 2  # BERT token types
     hyena: HyenaConfig = M2_FILTER  # the implicit filters; the mixer has one gated convolution (order 2)
     residual_long_conv: bool = True  # a second long convolution on the mixer's input, added to y
+    training_additions: bool = False  # m2's hyena_training_additions: a LayerNorm on the mixer's input
     mlp_nblocks: int = 4  # blocks of the block-diagonal GLU MLP weights
     norm_eps: float = 1e-12  # BERT's LayerNorm eps (m2 layer_norm_eps); m2_gpt_tiny sets GPT-2's 1e-5
     dropout: float = 0.1  # hidden dropout (embeddings and MLP output; M2-GPT: each residual branch)

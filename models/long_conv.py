@@ -64,7 +64,13 @@ class LongConvKernel(nnx.Module):
         self.dropout = nnx.Dropout(config.kernel_dropout, rngs=rngs)
 
     def __call__(self, length: int) -> Float[Array, "s c l d"]:
-        """The regularised kernels truncated to ``length`` (smoothing sees the whole l_max kernel)."""
+        """The regularised kernels truncated to ``length`` (smoothing sees the whole l_max kernel).
+
+        On purpose unlike safari: for a sequence shorter than l_max, safari takes the size-2L FFT of the
+        whole l_max kernel (torch crops it to 2L taps), so the taps in [L, 2L) wrap around onto future
+        inputs: its causal layer sees the future there. Truncating first keeps the convolution causal;
+        the two agree for L = l_max (and for any L when the taps beyond L are zero).
+        """
         max_len = self.kernel.shape[2]
         if length > max_len:
             raise ValueError(

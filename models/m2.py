@@ -10,6 +10,10 @@ Sequence mixer (M2-BERT, bidirectional)::
     y = y + k' (*) u + b' . u                          optional residual long conv on the raw input
     out = W_out y
 
+``M2Config.training_additions`` (m2's ``hyena_training_additions``, set by its GLUE fine-tuning
+yaml for the 80M model) first applies a LayerNorm to u (the residual convolution then sees the
+normalised u too); its two dropouts get no rate from ``BertLayer`` in m2, so they are identities.
+
 so ``y_t = sum_{s <= t} k_f[t - s] g_s + sum_{s > t} k_r[s - t - 1] g_s`` with ``g = x1 . v``.
 The causal mixer (``causal=True``) keeps only ``k_f`` and convolves causally: this is the form the
 M2-GPT description reduces to when the Monarch multiplies are the FFT (no public M2-GPT code exists;
@@ -61,6 +65,13 @@ class M2Mixer(nnx.Module):
         if config.residual_long_conv:
             self.filter2 = HyenaFilter(d_model, max_len, hyena, bidirectional=not config.causal, rngs=rngs)
         self.out_proj = nnx.Linear(d_model, d_model, dtype=self.dtype, rngs=rngs)
+        if config.training_additions:
+            # torch LayerNorm's eps; m2 passes no dropout to the mixer, so its two dropouts are identity.
+            self.layernorm = nnx.LayerNorm(d_model, epsilon=1e-5, dtype=self.dtype, rngs=rngs)
+        self.training_additions = config.training_additions
+
+    def _input(self, u: jax.Array) -> jax.Array:
+        return self.layernorm(u) if self.training_additions else u
 
     def conv_kernel(self, filt: HyenaFilter, length: int) -> jax.Array:
         """``[L, d]`` causal kernel, or the ``[2L, d]`` circular bidirectional kernel."""
@@ -82,6 +93,7 @@ class M2Mixer(nnx.Module):
         )
 
     def __call__(self, u: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+        u = self._input(u)
         x1, x2, v = jnp.split(self.short_conv(self.in_linear(u)), 3, axis=-1)
         y = self._conv(v, self.filter, pre_gate=x1, post_gate=x2)
         if self.residual_long_conv:
@@ -102,6 +114,7 @@ class M2Mixer(nnx.Module):
 
     def step(self, u: Float[Array, "b d"], state: State) -> tuple[Float[Array, "b d"], State]:
         pos, max_len = state["pos"], state["history"].shape[2]
+        u = self._input(u)
         z, window = self.short_conv.step(state["window"], self.in_linear(u))
         x1, x2, v = jnp.split(z.astype(jnp.float32), 3, axis=-1)
         g = x1 * v

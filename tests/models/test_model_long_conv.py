@@ -7,6 +7,7 @@ from flax import nnx
 from jaxflash.models import LongConv, LongConvConfig
 from jaxflash.models.long_conv import LongConvKernel, smooth, squash
 
+import jaxflash
 from jaxflash.testing import assert_close, random_normal
 
 
@@ -66,3 +67,23 @@ def test_causal_layer_equations_causality_and_step(key, checks):
     assert_close(out, _layer_reference(layer, u, _flat(k[0])), atol=1e-4, rtol=1e-4)
     checks.causal(layer, u, cut=3)
     checks.step(layer, u, max_len=12, atol=5e-5)
+
+
+def test_short_sequences_truncate_the_kernel_unlike_safari(key):
+    """For L < l_max we truncate the kernel to L (causal); safari takes the FFT of size 2L of the whole
+    l_max kernel (torch crops it to 2L), so the taps in [L, 2L) wrap around onto future inputs."""
+    layer = LongConv(2, 12, LongConvConfig(channels=1, lam=0.0), implementation="xla", rngs=nnx.Rngs(3))
+    layer.kernel.kernel.set_value(random_normal(key, (1, 1, 12, 2)))
+    u = random_normal(jax.random.fold_in(key, 1), (1, 5, 2))
+    full = np.asarray(layer.kernel(12))[0, 0]  # [l_max, d]
+
+    def safari_conv(u, k):  # irfft(rfft(u, 2L) rfft(k, 2L))[:L]; rfft crops k to its first 2L taps
+        n = 2 * u.shape[1]
+        return np.fft.irfft(np.fft.rfft(u, n, axis=1) * np.fft.rfft(k, n, axis=0), n, axis=1)[:, : u.shape[1]]
+
+    ours = np.asarray(jax.jit(lambda x: jaxflash.fftconv(x, jnp.asarray(full[:5])))(u))
+    assert_close(ours, safari_conv(np.asarray(u), full[:5]), atol=1e-5)  # truncated: the same
+    assert not np.allclose(ours, safari_conv(np.asarray(u), full), atol=1e-3)  # safari's fold differs
+    checks_out = layer(u)  # the layer itself uses the truncated kernel: causal
+    later = layer(u.at[:, 3:].add(1.0))
+    assert_close(later[:, :3], checks_out[:, :3], atol=1e-5)

@@ -94,3 +94,15 @@ def test_causal_mixer_is_causal_and_steps(key, checks):
     u = random_normal(key, (2, 8, 8))
     checks.causal(mixer, u, cut=4)
     checks.step(mixer, u, max_len=16, atol=5e-5)
+
+
+def test_training_additions_normalise_the_mixer_input(key, checks):
+    """m2's hyena_training_additions: LayerNorm(u) feeds the mixer (and its residual convolution)."""
+    cfg = m2_bert_tiny(d_model=4, residual_long_conv=True, training_additions=True)
+    mixer = M2Mixer(4, 8, config=cfg, rngs=nnx.Rngs(5))
+    plain = M2Mixer(4, 8, config=m2_bert_tiny(d_model=4, residual_long_conv=True), rngs=nnx.Rngs(5))
+    u = 3.0 + 2.0 * random_normal(key, (2, 6, 4))
+    normed = (u - u.mean(-1, keepdims=True)) / jnp.sqrt(u.var(-1, keepdims=True) + 1e-5)
+    assert_close(mixer(u), plain(normed), atol=1e-5)  # scale 1, bias 0 at init; same other weights
+    causal = M2Mixer(8, 16, config=m2_gpt_tiny(d_model=8, training_additions=True), rngs=nnx.Rngs(6))
+    checks.step(causal, random_normal(key, (2, 7, 8)), max_len=16, atol=5e-5)
