@@ -6,6 +6,7 @@ generation where it is causal) and their configs::
     LanguageModel(LMConfig)      Transformer, H3, Hyena, long-convolution LMs and hybrids
     M2GPT(M2Config)              causal Monarch Mixer LM (causal=True)
     M2Bert(M2Config)             Monarch Mixer BERT encoder with MLM head and pooler
+    M2BertClassifier             M2Bert + sequence-classification head (CLS or mean pooling)
     Parcae(ParcaeConfig)         looped LM with a stable diagonal injection
 
 Presets are functions returning configs (``tiny_lm("hyena")``, ``hyena_153m()``); ``PRESETS`` maps
@@ -41,7 +42,7 @@ from jaxflash.models.h3 import H3, S4D, SSMParam
 from jaxflash.models.hyena import HyenaFilter, HyenaOperator, ShortConv
 from jaxflash.models.lm import M2GPT, DecoderLM, LanguageModel
 from jaxflash.models.long_conv import LongConv
-from jaxflash.models.m2 import BlockDiagGLU, M2Bert, M2Mixer
+from jaxflash.models.m2 import BlockDiagGLU, M2Bert, M2BertClassifier, M2Mixer
 from jaxflash.models.monarch import BlockDiagLinear, MonarchLinear
 from jaxflash.models.parcae import NoDecayParam, Parcae
 from jaxflash.models.transformer import MLP, Attention, Block, rope, step_blocks
@@ -70,6 +71,7 @@ __all__ = [
     "LongConv",
     "LongConvConfig",
     "M2Bert",
+    "M2BertClassifier",
     "M2Config",
     "M2Mixer",
     "MonarchLinear",

@@ -253,3 +253,35 @@ class M2Bert(nnx.Module):
         self, input_ids: Int[Array, "b l"], token_type_ids: Int[Array, "b l"] | None = None
     ) -> Float[Array, "b l v"]:
         return self.mlm_logits(self.encode(input_ids, token_type_ids))
+
+
+class M2BertClassifier(nnx.Module):
+    """m2's ``BertForSequenceClassification`` on :class:`M2Bert`: ``logits = classifier(pooled)`` with
+    ``pooled = tanh(dense(h_CLS))`` (``M2Bert.pool``), or with ``pool_all=True`` (m2's GLUE fine-tuning
+    yamls) ``tanh(dense(mean of h over the attention mask))``. The dropout before the classifier is the
+    identity at inference and is left out."""
+
+    def __init__(self, config: M2Config, num_labels: int, *, pool_all: bool = False, rngs: nnx.Rngs):
+        self.bert = M2Bert(config, rngs=rngs)
+        self.pool_all = pool_all
+        init = nnx.initializers.normal(config.init_std)
+        self.classifier = nnx.Linear(
+            config.d_model, num_labels, kernel_init=init, bias_init=nnx.initializers.zeros, rngs=rngs
+        )
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "b l"],
+        token_type_ids: Int[Array, "b l"] | None = None,
+        attention_mask: Int[Array, "b l"] | None = None,
+    ) -> Float[Array, "b n"]:
+        h = self.bert.encode(input_ids, token_type_ids)
+        if self.pool_all:
+            mask = (
+                jnp.ones(h.shape[:2], h.dtype) if attention_mask is None else attention_mask.astype(h.dtype)
+            )
+            mean = jnp.sum(h * mask[..., None], axis=1) / jnp.sum(mask, axis=1, keepdims=True)
+            pooled = jnp.tanh(self.bert.pooler(mean))
+        else:
+            pooled = self.bert.pool(h)
+        return self.classifier(pooled).astype(jnp.float32)
