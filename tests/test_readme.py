@@ -22,7 +22,7 @@ def _blocks() -> dict[str, str]:
 
 
 def test_the_readme_has_the_examples():
-    assert {"Example", "Models", "Train"} <= set(_blocks())
+    assert {"Example", "Models", "Train", "Checkpoints"} <= set(_blocks())
 
 
 def test_op_example(capsys):
@@ -51,3 +51,14 @@ def test_train_example(tmp_path):
     exec(code, scope)
     assert scope["result"].step == 4 and scope["tokens"].shape == (1, 12)
     assert (tmp_path / "run" / "checkpoints" / "4").is_dir()
+
+
+def test_checkpoints_example(tmp_path, capsys):
+    """Export to safari's layout as safetensors, load back with the config inferred, same logits."""
+    code = _blocks()["Checkpoints"].replace(
+        "/tmp/jaxflash-readme-h3.safetensors", str(tmp_path / "h3.safetensors")
+    )
+    scope: dict = {}
+    exec(code, scope)
+    assert (tmp_path / "h3.safetensors").is_file()
+    assert scope["report"].inferred["h3.head_dim"] == 2 and "keys used" in capsys.readouterr().out
