@@ -211,14 +211,21 @@ class H3(nnx.Module):
         return jnp.repeat(x, self.head_dim**2, axis=-1)
 
     def __call__(self, u: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+        return self._forward(u)[0]
+
+    def _forward(self, u: Float[Array, "b l d"], *, keep_inputs: bool = False):
+        """The output and (``keep_inputs``) the two SSMs' inputs, k and the kv channels (h, i, j)."""
         b, length, d = u.shape
         q, k, v = self.q_proj(u), self.k_proj(u), self.v_proj(u)
         k_shift = self.shift_kernel.kernel(min(length, self.shift_kernel.d_state))
         k_bar = self._conv(k, k_shift, self.D_k[...])
         k_diag = self.diag_kernel.kernel(length)
+        kv = None
         if self.head_dim == 1:
             # q . (K_diag * (k_bar . v) + D . (k_bar . v)) in one gated convolution.
             y = self._conv(v, k_diag, self.D[...], pre_gate=k_bar, post_gate=q)
+            if keep_inputs:
+                kv = k_bar * v
         else:
             H, dh = self.num_heads, self.head_dim
             kv = k_bar.reshape(b, length, H, dh, 1) * v.reshape(b, length, H, 1, dh)
@@ -228,7 +235,30 @@ class H3(nnx.Module):
             # safari flattens the heads' outputs as (d_h, H): feature j * H + h.
             y = jnp.einsum("blhi,blhij->bljh", q.reshape(b, length, H, dh), s.reshape(b, length, H, dh, dh))
             y = y.reshape(b, length, d)
-        return self.out_proj(y)
+            kv = kv.reshape(b, length, -1)
+        return self.out_proj(y), k, kv
+
+    def prefill(
+        self, u: Float[Array, "b l d"], max_len: int | None = None
+    ) -> tuple[Float[Array, "b l d"], State]:
+        """The parallel forward over a prompt and both SSM states after it, computed from the prompt in
+        closed form (not by stepping): the shift state ``x[n] = sum_{j <= n} B[n - j] k_{l-1-j}`` and the
+        diagonal state ``s[n] = sum_t dA_n^(l-1-t) kv_t``."""
+        del max_len  # the recurrent state does not grow with the sequence
+        y, k, kv = self._forward(u, keep_inputs=True)
+        length, n = u.shape[1], self.shift_kernel.d_state
+        # The last n inputs, newest first (zeros before t = 0): recent[:, j] = k_{l-1-j}.
+        recent = jnp.pad(k.astype(jnp.float32), ((0, 0), (max(n - length, 0), 0), (0, 0)))[:, ::-1][:, :n]
+        lag = jnp.arange(n)[:, None] - jnp.arange(n)[None, :]  # [n, j] -> n - j
+        B = self.shift_kernel.B[...]  # [c, n]
+        toeplitz = jnp.where(lag >= 0, B[:, jnp.clip(lag, 0, n - 1)], 0.0)  # [c, n, j]
+        shift = jnp.einsum("cnj,bjc->bcn", toeplitz, recent)
+        dA, _ = self.diag_kernel.discrete()  # [H, modes]
+        powers = jnp.exp(jnp.log(dA)[..., None] * jnp.arange(length - 1, -1, -1, dtype=jnp.float32))
+        kv = kv.astype(jnp.float32).reshape(u.shape[0], length, self.num_heads, self.head_dim**2)
+        diag = jnp.einsum("blhk,hnl->bhkn", kv.astype(jnp.complex64), powers)
+        diag = diag.reshape(u.shape[0], -1, dA.shape[1])
+        return y, dict(shift=shift, diag=diag)
 
     def init_state(self, batch: int, max_len: int | None = None) -> State:
         del max_len  # the recurrent state does not grow with the sequence
@@ -298,6 +328,16 @@ class S4D(nnx.Module):
             implementation=self.implementation,
         )
         return self.out_proj(jax.nn.gelu(y, approximate=False))
+
+    def prefill(
+        self, u: Float[Array, "b l d"], max_len: int | None = None
+    ) -> tuple[Float[Array, "b l d"], State]:
+        """The parallel forward over a prompt and the state after it, ``s[n] = sum_t dA_n^(l-1-t) u_t``."""
+        del max_len  # the recurrent state does not grow with the sequence
+        dA, _ = self.kernel.discrete()
+        powers = jnp.exp(jnp.log(dA)[..., None] * jnp.arange(u.shape[1] - 1, -1, -1, dtype=jnp.float32))
+        ssm = jnp.einsum("bld,dnl->bdn", u.astype(jnp.complex64), powers)
+        return self(u), dict(ssm=ssm)
 
     def init_state(self, batch: int, max_len: int | None = None) -> State:
         del max_len  # the recurrent state does not grow with the sequence

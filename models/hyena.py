@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxflash.models.config import HyenaConfig
 from jaxflash.models.h3 import SSMParam
-from jaxflash.models.validation import check_step_position
+from jaxflash.models.validation import check_prefill_length, check_step_position
 from jaxtyping import Array, Float
 
 import jaxflash
@@ -62,6 +62,19 @@ def history_conv_step(
     lagged = jnp.where((s <= pos)[:, None], kernel[jnp.clip(pos - s, 0, kernel.shape[0] - 1)], 0.0)
     y = jnp.einsum("btc,tc->bc", history.astype(jnp.float32), lagged.astype(jnp.float32))
     return y, history
+
+
+def prefix_history(g: Float[Array, "b l c"], max_len: int, dtype: Any = None) -> Float[Array, "b t c"]:
+    """A convolution history (``history_conv_step``) holding ``g`` at positions < l, zeros after."""
+    check_prefill_length(g.shape[1], max_len)
+    g = g if dtype is None else g.astype(dtype)
+    return jnp.pad(g, ((0, 0), (0, max_len - g.shape[1]), (0, 0)))
+
+
+def last_window(z: Float[Array, "b l c"], taps: int, dtype: Any) -> Float[Array, "b k c"]:
+    """The last ``taps`` inputs of a causal short convolution, zeros before t = 0 (``ShortConv.step``)."""
+    z = jnp.pad(z, ((0, 0), (max(taps - z.shape[1], 0), 0), (0, 0)))
+    return z[:, z.shape[1] - taps :].astype(dtype)
 
 
 def positional_features(max_len: int, emb_dim: int) -> tuple[jax.Array, jax.Array]:
@@ -225,15 +238,25 @@ class HyenaOperator(nnx.Module):
         self.out_proj = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
 
     def __call__(self, u: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+        return self._forward(u)[0]
+
+    def _forward(self, u: Float[Array, "b l d"], *, keep_inputs: bool = False):
+        """The output, the short convolution's input and (``keep_inputs``) each long convolution's gated
+        input ``x_i . v``, which the decode state holds."""
         length = u.shape[1]
-        z = self.short_conv(self.in_proj(u))
-        chunks = jnp.split(z, self.order + 1, axis=-1)  # x_0, ..., x_{N-1}, v
+        zin = self.in_proj(u)
+        chunks = jnp.split(self.short_conv(zin), self.order + 1, axis=-1)  # x_0, ..., x_{N-1}, v
         x0, gates, v = chunks[0], chunks[1:-1], chunks[-1]
         h = self.filter.kernel(length).astype(u.dtype)
         bias = self.filter.bias[...].astype(u.dtype)
         n_convs = len(gates)
+        inputs = []
         for o, x_i in enumerate(reversed(gates)):
             last = o == n_convs - 1
+            if keep_inputs:  # the gate applied here, not fused, so the gated input can be kept
+                v = x_i * v
+                inputs.append(v)
+                x_i = None
             v = jaxflash.fftconv(
                 v,
                 h[:, o::n_convs],  # safari's (v o) channel layout: channel c = v (N - 1) + o
@@ -243,7 +266,20 @@ class HyenaOperator(nnx.Module):
                 fft_size=self.fft_size,
                 implementation=self.implementation,
             )
-        return self.out_proj(v)
+        return self.out_proj(v), zin, inputs
+
+    def prefill(self, u: Float[Array, "b l d"], max_len: int) -> tuple[Float[Array, "b l d"], State]:
+        """The parallel forward over a prompt and the state ``step`` continues from: the short
+        convolution's window and each long convolution's history of gated inputs."""
+        if max_len > self.max_len:
+            raise ValueError(f"max_len={max_len} exceeds the filter length {self.max_len}")
+        y, zin, inputs = self._forward(u, keep_inputs=True)
+        state = dict(
+            window=last_window(zin, self.short_conv.taps, self.dtype),
+            history=jnp.stack([prefix_history(g, max_len, self.dtype) for g in inputs]),
+            pos=jnp.asarray(u.shape[1], jnp.int32),
+        )
+        return y, state
 
     def init_state(self, batch: int, max_len: int) -> State:
         if max_len > self.max_len:

@@ -33,6 +33,7 @@ from jaxflash.models.transformer import (
     Attention,
     Block,
     make_norm,
+    prefill_blocks,
     reinit_linears,
     step_blocks,
     tied_logits,
@@ -40,6 +41,7 @@ from jaxflash.models.transformer import (
 from jaxflash.models.validation import (
     check_length,
     check_parameters_fit,
+    check_prefill_length,
     check_step_position,
     check_token_ids,
     require_config,
@@ -127,6 +129,20 @@ class DecoderLM(nnx.Module):
         max_len = max_len or self.config.max_seq_len
         check_length("max_len", max_len, self.config.max_seq_len)
         return dict(blocks=[b.init_state(batch, max_len) for b in self.blocks], pos=jnp.zeros((), jnp.int32))
+
+    def prefill(
+        self, tokens: Int[Array, "b l"], max_len: int | None = None
+    ) -> tuple[Float[Array, "b l v"], State]:
+        """The parallel forward over a prompt (the fast ops) and the decode state after it, as
+        ``init_state(batch, max_len)`` lays it out: ``step`` then continues at position l."""
+        max_len = max_len or self.config.max_seq_len
+        check_length("max_len", max_len, self.config.max_seq_len)
+        tokens = check_token_ids(tokens, self.config.vocab_size)
+        length = tokens.shape[1]
+        check_prefill_length(length, max_len)
+        x = self.embed_tokens(tokens, jnp.arange(length)[None])
+        x, blocks = prefill_blocks(self.blocks, x, max_len)
+        return self.head(x), dict(blocks=blocks, pos=jnp.asarray(length, jnp.int32))
 
     def step(self, tokens: Int[Array, " b"], state: State) -> tuple[Float[Array, "b v"], State]:
         """Next-token logits after feeding one token per sequence; every mixer steps recurrently.

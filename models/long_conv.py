@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxflash.models.config import LongConvConfig
 from jaxflash.models.h3 import SSMParam
-from jaxflash.models.hyena import history_conv_step
+from jaxflash.models.hyena import history_conv_step, prefix_history
 from jaxtyping import Array, Float
 
 import jaxflash
@@ -135,6 +135,15 @@ class LongConv(nnx.Module):
             implementation=self.implementation,
         )
         return self._output(y)
+
+    def prefill(self, u: Float[Array, "b l d"], max_len: int) -> tuple[Float[Array, "b l d"], State]:
+        """The parallel forward over a prompt and the input history ``step`` continues from."""
+        if self.bidirectional:
+            raise NotImplementedError(
+                "a bidirectional long convolution sees the future; it has no decode state"
+            )
+        g = jnp.tile(u.astype(jnp.float32), (1, 1, self.channels))
+        return self(u), dict(history=prefix_history(g, max_len), pos=jnp.asarray(u.shape[1], jnp.int32))
 
     def init_state(self, batch: int, max_len: int) -> State:
         if self.bidirectional:

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxflash.models.config import M2Config
-from jaxflash.models.hyena import HyenaFilter, ShortConv, history_conv_step
+from jaxflash.models.hyena import HyenaFilter, ShortConv, history_conv_step, last_window, prefix_history
 from jaxflash.models.monarch import BlockDiagLinear
 from jaxflash.models.transformer import reinit_linears
 from jaxflash.models.validation import check_length, check_parameters_fit, check_token_ids, require_config
@@ -99,6 +99,26 @@ class M2Mixer(nnx.Module):
         if self.residual_long_conv:
             y = y + self._conv(u, self.filter2)
         return self.out_proj(y)
+
+    def prefill(self, u: Float[Array, "b l d"], max_len: int) -> tuple[Float[Array, "b l d"], State]:
+        """The parallel forward over a prompt and the state ``step`` continues from (causal only)."""
+        if not self.causal:
+            raise NotImplementedError(
+                "the bidirectional M2-BERT mixer sees the future; only causal=True has a decode state"
+            )
+        y = self(u)
+        u = self._input(u)
+        zin = self.in_linear(u)
+        x1, _, v = jnp.split(self.short_conv(zin).astype(jnp.float32), 3, axis=-1)
+        histories = [prefix_history(x1 * v, max_len)]
+        if self.residual_long_conv:
+            histories.append(prefix_history(u.astype(jnp.float32), max_len))
+        state = dict(
+            window=last_window(zin, self.short_conv.taps, self.dtype),
+            history=jnp.stack(histories),
+            pos=jnp.asarray(u.shape[1], jnp.int32),
+        )
+        return y, state
 
     def init_state(self, batch: int, max_len: int) -> State:
         if not self.causal:

@@ -35,7 +35,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxflash.models.config import ParcaeConfig
-from jaxflash.models.transformer import MLP, Attention, Block, reinit_linears, step_blocks, tied_logits
+from jaxflash.models.transformer import (
+    MLP,
+    Attention,
+    Block,
+    prefill_blocks,
+    reinit_linears,
+    step_blocks,
+    tied_logits,
+)
 from jaxflash.models.validation import check_length, check_parameters_fit, check_token_ids, require_config
 from jaxtyping import Array, Float, Int
 
@@ -255,6 +263,25 @@ class Parcae(nnx.Module):
             core=[[b.init_state(batch, max_len) for b in self.core.blocks] for _ in range(loops)],
             coda=[b.init_state(batch, max_len) for b in self.coda],
         )
+
+    def prefill(
+        self, tokens: Int[Array, "b l"], max_len: int | None = None, num_loops: int | None = None
+    ) -> tuple[Float[Array, "b l v"], State]:
+        """The parallel forward over a prompt (h_0 = 0, ``num_loops`` iterations, default
+        ``mean_recurrence``) and the KV caches ``step`` continues from: every block's, the core's once
+        per loop iteration, as ``init_state`` lays them out."""
+        max_len = max_len or self.config.max_seq_len
+        check_length("max_len", max_len, self.config.max_seq_len)
+        tokens = check_token_ids(tokens, self.config.vocab_size)
+        x, prelude = prefill_blocks(self.prelude, self.embed(tokens), max_len)
+        e = self.prelude_norm(x)
+        h = jnp.zeros_like(e)
+        core = []
+        for _ in range(num_loops or self.config.mean_recurrence):
+            h, loop_states = prefill_blocks(self.core.blocks, self.core.injection(h, e), max_len)
+            core.append(loop_states)
+        x, coda = prefill_blocks(self.coda, self.C(h), max_len)
+        return tied_logits(self.embed, self.final_norm(x)), dict(prelude=prelude, core=core, coda=coda)
 
     def step(self, tokens: Int[Array, " b"], state: State) -> tuple[Float[Array, "b v"], State]:
         """Next-token logits for one token per sequence (h_0 = 0, the loop count of ``init_state``)."""

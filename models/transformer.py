@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxflash.models.config import AttentionConfig
-from jaxflash.models.validation import check_step_position
+from jaxflash.models.validation import check_prefill_length, check_step_position
 from jaxtyping import Array, Float
 
 import jaxflash
@@ -130,6 +130,20 @@ class Attention(nnx.Module):
         y = jaxflash.attention(q, k, v, causal=True, implementation=self.implementation)
         return self.out_proj(y.reshape(b, length, -1))
 
+    def prefill(self, x: Float[Array, "b l d"], max_len: int) -> tuple[Float[Array, "b l d"], State]:
+        """The parallel forward over a prompt and the KV cache it leaves (``step`` continues at l)."""
+        b, length, _ = x.shape
+        check_prefill_length(length, max_len)
+        q, k, v = self._qkv(x, jnp.arange(length))
+        y = jaxflash.attention(q, k, v, causal=True, implementation=self.implementation)
+        pad = ((0, 0), (0, max_len - length), (0, 0), (0, 0))
+        state = dict(
+            k=jnp.pad(k.astype(self.dtype), pad),
+            v=jnp.pad(v.astype(self.dtype), pad),
+            pos=jnp.asarray(length, jnp.int32),
+        )
+        return self.out_proj(y.reshape(b, length, -1)), state
+
     def init_state(self, batch: int, max_len: int) -> State:
         shape = (batch, max_len, self.num_kv_heads, self.head_dim)
         return dict(
@@ -220,6 +234,12 @@ class Block(nnx.Module):
         x = x + y
         return x + self.mlp(self.norm2(x)), state
 
+    def prefill(self, x: Float[Array, "b l d"], max_len: int) -> tuple[Float[Array, "b l d"], State]:
+        """The forward over a prompt and the mixer's state after it (see each mixer's ``prefill``)."""
+        y, state = self.mixer.prefill(self.norm1(x), max_len)
+        x = x + self._drop(y)
+        return x + self._drop(self.mlp(self.norm2(x))), state
+
 
 def step_blocks(
     blocks: Sequence[Block], x: Float[Array, "b d"], states: Sequence[State]
@@ -230,6 +250,17 @@ def step_blocks(
         x, state = block.step(x, state)
         new_states.append(state)
     return x, new_states
+
+
+def prefill_blocks(
+    blocks: Sequence[Block], x: Float[Array, "b l d"], max_len: int
+) -> tuple[Float[Array, "b l d"], list[State]]:
+    """The parallel forward through a stack of blocks and each block's decode state after it."""
+    states = []
+    for block in blocks:
+        x, state = block.prefill(x, max_len)
+        states.append(state)
+    return x, states
 
 
 def tied_logits(embed: nnx.Embed, x: Float[Array, "... d"]) -> Float[Array, "... v"]:

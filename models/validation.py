@@ -99,3 +99,12 @@ def check_step_position(
     ``dynamic_update_slice`` clamps and silently overwrites the last slot (and an embedding lookup
     reads a NaN row)."""
     check_values(pos < max_len, f"step at position {{}} is past max_len={max_len} of the {what}; {fix}", pos)
+
+
+def check_prefill_length(length: int, max_len: int) -> None:
+    """A prompt of ``length`` tokens must fit the ``max_len`` of the decode state it fills."""
+    if length > max_len:
+        raise ValueError(
+            f"prompt of length {length} does not fit a decode state of max_len={max_len}; "
+            "raise max_len (at most max_seq_len) or shorten the prompt"
+        )

@@ -37,8 +37,30 @@ def assert_step_matches(
     assert_close(jnp.stack(outs, axis=1), y, atol=atol, rtol=atol)
 
 
+def assert_prefill_matches(module, x, cut: int, *, atol: float = 1e-5, max_len: int | None = None, **kw):
+    """``prefill`` of the first ``cut`` positions gives the parallel forward's outputs there, and ``step``
+    from the state it returns reproduces the forward at every later position (a mixer's ``[b, l, d]``
+    inputs or an LM's ``[b, l]`` tokens)."""
+    max_len = max_len or x.shape[1] + 3
+    y = nnx.jit(lambda m, x: m(x))(module, x)
+    head, state = nnx.jit(lambda m, x: m.prefill(x, max_len, **kw))(module, x[:, :cut])
+    assert_close(head, y[:, :cut], atol=atol, rtol=atol)
+    step = nnx.jit(lambda m, xt, s: m.step(xt, s))
+    outs = []
+    for t in range(cut, x.shape[1]):
+        out, state = step(module, x[:, t], state)
+        outs.append(out)
+    assert_close(jnp.stack(outs, axis=1), y[:, cut:], atol=atol, rtol=atol)
+
+
 @pytest.fixture
 def checks():
     return type(
-        "Checks", (), dict(causal=staticmethod(assert_causal), step=staticmethod(assert_step_matches))
+        "Checks",
+        (),
+        dict(
+            causal=staticmethod(assert_causal),
+            step=staticmethod(assert_step_matches),
+            prefill=staticmethod(assert_prefill_matches),
+        ),
     )

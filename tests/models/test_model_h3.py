@@ -109,6 +109,8 @@ def test_h3_is_causal_and_step_matches(key, checks, head_dim):
     u = random_normal(key, (2, 9, 8))
     checks.causal(h3, u, cut=5)
     checks.step(h3, u, atol=5e-5)
+    for cut in (2, 6):  # shorter than d_state, and as long
+        checks.prefill(h3, u, cut=cut, atol=5e-5)  # the SSM states in closed form from the prompt
 
 
 def test_h3_bad_head_dim():

@@ -81,6 +81,8 @@ def test_operator_is_causal_and_step_matches(key, checks, order):
     u = random_normal(key, (2, 10, 8))
     checks.causal(op, u, cut=6)
     checks.step(op, u, max_len=16, atol=5e-5)
+    checks.prefill(op, u, cut=7, max_len=16, atol=5e-5)
+    checks.prefill(op, u, cut=1, max_len=16, atol=5e-5)  # shorter than the short conv's window
 
 
 def test_operator_rejects_sequences_longer_than_the_filter(key):
@@ -126,6 +128,7 @@ def test_conv1d_filter_is_explicit_and_short(key, checks):
     u = random_normal(key, (2, 10, 4))
     checks.causal(op, u, cut=6)
     checks.step(op, u, max_len=16, atol=5e-5)
+    checks.prefill(op, u, cut=7, max_len=16, atol=5e-5)
 
 
 def test_filter_kind_is_checked():

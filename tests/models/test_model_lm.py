@@ -51,6 +51,7 @@ def test_lm_is_causal_and_step_matches(key, checks, mixer, hybrid):
     assert_close(later[:, :5], logits[:, :5], atol=1e-5)
     assert float(jnp.max(jnp.abs(later[:, 5:] - logits[:, 5:]))) > 1e-4
     checks.step(model, tokens, expected=logits, max_len=12, atol=1e-4)
+    checks.prefill(model, tokens, cut=5, max_len=12, atol=1e-4)
 
 
 def test_m2_gpt_is_causal_and_step_matches(key, checks):
@@ -60,6 +61,7 @@ def test_m2_gpt_is_causal_and_step_matches(key, checks):
     logits, later = fwd(model, ids), fwd(model, ids.at[:, 5:].set((ids[:, 5:] + 3) % 16))
     assert_close(later[:, :5], logits[:, :5], atol=1e-5)
     checks.step(model, ids, expected=logits, max_len=12, atol=5e-5)
+    checks.prefill(model, ids, cut=3, max_len=12, atol=5e-5)
 
 
 def test_bfloat16_compute_tracks_float32():

@@ -67,6 +67,7 @@ def test_causal_layer_equations_causality_and_step(key, checks):
     assert_close(out, _layer_reference(layer, u, _flat(k[0])), atol=1e-4, rtol=1e-4)
     checks.causal(layer, u, cut=3)
     checks.step(layer, u, max_len=12, atol=5e-5)
+    checks.prefill(layer, u, cut=4, max_len=12, atol=5e-5)
 
 
 def test_short_sequences_truncate_the_kernel_unlike_safari(key):

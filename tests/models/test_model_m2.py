@@ -94,6 +94,7 @@ def test_causal_mixer_is_causal_and_steps(key, checks):
     u = random_normal(key, (2, 8, 8))
     checks.causal(mixer, u, cut=4)
     checks.step(mixer, u, max_len=16, atol=5e-5)
+    checks.prefill(mixer, u, cut=5, max_len=16, atol=5e-5)
 
 
 def test_training_additions_normalise_the_mixer_input(key, checks):
@@ -106,3 +107,4 @@ def test_training_additions_normalise_the_mixer_input(key, checks):
     assert_close(mixer(u), plain(normed), atol=1e-5)  # scale 1, bias 0 at init; same other weights
     causal = M2Mixer(8, 16, config=m2_gpt_tiny(d_model=8, training_additions=True), rngs=nnx.Rngs(6))
     checks.step(causal, random_normal(key, (2, 7, 8)), max_len=16, atol=5e-5)
+    checks.prefill(causal, random_normal(key, (2, 7, 8)), cut=4, max_len=16, atol=5e-5)

@@ -126,3 +126,4 @@ def test_parcae_is_causal_and_step_matches(model, key, checks):
     assert_close(later[:, :4], logits[:, :4], atol=1e-5)
     assert float(jnp.max(jnp.abs(later[:, 4:] - logits[:, 4:]))) > 1e-4
     checks.step(model, tokens, expected=logits, max_len=10, atol=5e-5)
+    checks.prefill(model, tokens, cut=4, max_len=10, atol=5e-5)

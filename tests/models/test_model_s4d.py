@@ -50,12 +50,14 @@ def test_s4d_is_causal_and_step_matches(key, checks):
     u = random_normal(key, (2, 9, 8))
     checks.causal(layer, u, cut=5)
     checks.step(layer, u, atol=5e-5)
+    checks.prefill(layer, u, cut=4, atol=5e-5)
 
 
 def test_s4d_lm_steps(key, checks):
     model = LanguageModel(tiny_lm("s4d", init_std=0.2), rngs=nnx.Rngs(3))
     tokens = jax.random.randint(key, (2, 7), 0, 16)
     checks.step(model, tokens, max_len=10, atol=1e-4)
+    checks.prefill(model, tokens, cut=3, max_len=10, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ def test_attention_is_causal_and_decodes_with_kv_cache(key, checks, heads, kv_he
     x = random_normal(key, (2, 9, 32))
     checks.causal(att, x, cut=4)
     checks.step(att, x)
+    checks.prefill(att, x, cut=3)
 
 
 def test_attention_gqa_matches_repeated_kv_heads(key):
