@@ -228,7 +228,7 @@ def _sample(model: nnx.Module, data: Dataset, config: TrainConfig) -> str | None
         new,
         temperature=config.sample_temperature,
         key=jax.random.key(config.seed + 1),
-    )
+    ).tokens
     tokens = np.asarray(jax.device_get(tokens))[0]
     if byte_level:
         return decode_bytes(tokens[: len(prompt)]) + " ‖ " + decode_bytes(tokens[len(prompt) :])

@@ -1,87 +1,296 @@
-"""Autoregressive sampling through a model's recurrent step.
+"""Autoregressive generation for every causal model: a parallel prefill, then one jitted decode loop.
 
-The prompt is fed one token at a time through ``model.step`` (the recurrent form of every causal mixer,
-equal to the parallel forward), then each new token is drawn from the last logits: greedy at
-``temperature=0``, else from ``softmax(logits / temperature)``. The whole loop is one ``lax.scan``
-under ``jax.jit``, so it compiles once per (batch, prompt length, total length).
+``generate(model, prompts, max_new_tokens)`` works for any model with ``prefill`` / ``step``
+(``LanguageModel`` with every mixer and hybrids, ``M2GPT``, ``Parcae``):
+
+1. **Prefill.** The prompts' common prefix runs through ``model.prefill``: the parallel forward (the
+   fast ops) that also returns the decode state after it, with caches of a fixed size (the KV cache of
+   attention, H3's and S4D's SSM states computed from the prompt, the convolution histories of Hyena,
+   long convolutions and M2).
+2. **Decode.** One ``lax.while_loop`` of ``model.step``: at each position a row still inside its own
+   prompt (prompts of different lengths, right-padded, with ``prompt_lengths``) takes its next prompt
+   token, the others the sampled one; a row ends at one of its ``stop_tokens`` and the loop ends when
+   every row has. Sampling: greedy at ``temperature=0``, else ``softmax(logits / temperature)``
+   restricted to the ``top_k`` most likely tokens and to the smallest set whose probability reaches
+   ``top_p`` (nucleus sampling, Holtzman et al. 2020), drawn with ``fold_in(key, position)``, so a key
+   gives the same tokens every time.
+
+Everything is compiled once per shape bucket: the prompt width, the prefill length (the common prefix
+rounded down) and the cache length (prompt + new tokens rounded up, at most ``max_seq_len``) are
+rounded to powers of two, so calls with nearby lengths share one compiled program.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
-from jaxtyping import Array, Int
+from jaxtyping import Array, Float, Int
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "total", "greedy"))
-def _sample(graphdef, variables, prompt, key, temperature, *, total: int, greedy: bool):
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """What :func:`generate` returns.
+
+    ``tokens [b, P + n]``: each row's prompt, then its generated tokens (up to ``max_new_tokens`` = n of
+    its own, the stop token included), then ``pad_id``; P is the prompt width. ``lengths [b]``: the
+    valid tokens of each row (its prompt length plus what it generated). ``logprobs [b, P + n]`` (with
+    ``return_logprobs=True``, else None): ``log p(token)`` of each generated token under the model's
+    own distribution (before temperature, top-k and top-p), 0 at prompt and padding positions.
+    """
+
+    tokens: Int[Array, "b t"]
+    lengths: Int[Array, " b"]
+    logprobs: Float[Array, "b t"] | None = None
+
+
+def _bucket_up(n: int, cap: int) -> int:
+    return min(1 << max(n - 1, 0).bit_length(), cap)
+
+
+def _bucket_down(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
+def filter_logits(
+    logits: Float[Array, "b v"], *, top_k: int | None = None, top_p: float | None = None
+) -> Float[Array, "b v"]:
+    """``logits`` with every token outside the ``top_k`` most likely and outside the nucleus (the
+    smallest most-likely set whose probability reaches ``top_p``) set to ``-inf``. The most likely token
+    is always kept; ties at the threshold are kept."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None and top_p < 1.0:
+        ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(ordered, axis=-1)
+        # Keep a token while the mass strictly before it is below top_p (the first is always kept).
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+        cutoff = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "graphdef",
+        "prefill_len",
+        "cache_len",
+        "greedy",
+        "top_k",
+        "top_p",
+        "stop_tokens",
+        "return_logprobs",
+        "callback",
+    ),
+)
+def _decode(
+    graphdef,
+    variables,
+    prompts,
+    lengths,
+    max_new,
+    key,
+    temperature,
+    pad_id,
+    *,
+    prefill_len: int,
+    cache_len: int,
+    greedy: bool,
+    top_k: int | None,
+    top_p: float | None,
+    stop_tokens: tuple[int, ...],
+    return_logprobs: bool,
+    callback: Callable | None,
+):
     model = nnx.merge(graphdef, variables)
-    batch, prompt_len = prompt.shape
-    tokens = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(prompt)
-    state = model.init_state(batch, total)
+    batch, width = prompts.shape
+    logits, state = model.prefill(prompts[:, :prefill_len], cache_len)
+    last = logits[:, -1].astype(jnp.float32)
+    positions = jnp.arange(cache_len)
+    # Prompt tokens in place, pad after each row's own prompt.
+    tokens = jnp.full((batch, cache_len), pad_id, jnp.int32).at[:, :width].set(prompts)
+    tokens = jnp.where(positions[None] < lengths[:, None], tokens, pad_id)
+    logprobs = jnp.zeros((batch, cache_len), jnp.float32)
+    stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
+    limit = lengths + max_new  # each row ends after max_new tokens of its own
+    total = jnp.max(limit)
 
-    def body(carry, t):
-        tokens, state = carry
-        logits, state = model.step(tokens[:, t], state)
-        logits = logits.astype(jnp.float32)
+    def cond(carry):
+        t, _, _, _, _, done = carry
+        return (t < total) & ~jnp.all(done)
+
+    def body(carry):
+        t, tokens, logprobs, state, last, done = carry
         if greedy:
-            new = jnp.argmax(logits, axis=-1)
+            sampled = jnp.argmax(last, axis=-1)
         else:
-            new = jax.random.categorical(jax.random.fold_in(key, t), logits / temperature, axis=-1)
-        keep_prompt = t + 1 < prompt_len
-        tokens = tokens.at[:, t + 1].set(jnp.where(keep_prompt, tokens[:, t + 1], new.astype(jnp.int32)))
-        return (tokens, state), None
+            scaled = filter_logits(last / temperature, top_k=top_k, top_p=top_p)
+            sampled = jax.random.categorical(jax.random.fold_in(key, t), scaled, axis=-1)
+        sampled = sampled.astype(jnp.int32)
+        in_prompt = t < lengths
+        generated = ~in_prompt & ~done & (t < limit)
+        token = jnp.where(in_prompt, tokens[:, t], jnp.where(generated, sampled, pad_id))
+        tokens = tokens.at[:, t].set(token)
+        if return_logprobs:
+            lp = jnp.take_along_axis(jax.nn.log_softmax(last, axis=-1), sampled[:, None], axis=-1)[:, 0]
+            logprobs = logprobs.at[:, t].set(jnp.where(generated, lp, 0.0))
+        done = done | (generated & jnp.any(sampled[:, None] == stops[None], axis=-1))
+        if callback is not None:
+            jax.debug.callback(callback, t, token, generated, ordered=True)
+        # The last position's step is not needed; the cache has room for it (t < total <= cache_len).
+        last, state = model.step(token, state)
+        return t + 1, tokens, logprobs, state, last.astype(jnp.float32), done
 
-    (tokens, _), _ = jax.lax.scan(body, (tokens, state), jnp.arange(total - 1))
-    return tokens
+    done = jnp.zeros((batch,), bool)
+    carry = (jnp.asarray(prefill_len, jnp.int32), tokens, logprobs, state, last, done)
+    t, tokens, logprobs, _, _, done = jax.lax.while_loop(cond, body, carry)
+    # A row's length: up to its stop token, else its own limit (or where the loop ended).
+    is_stop = (
+        jnp.isin(tokens, stops) & (positions[None] >= lengths[:, None]) & (positions[None] < limit[:, None])
+    )
+    first_stop = jnp.where(jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1) + 1, jnp.minimum(limit, t))
+    tokens = jnp.where(positions[None] < first_stop[:, None], tokens, pad_id)
+    return tokens, first_stop, logprobs
 
 
 def generate(
     model: nnx.Module,
-    prompt: Int[Array, "b p"],
+    prompts: Int[Array, "b p"] | Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
+    prompt_lengths: Int[Array, " b"] | Sequence[int] | None = None,
     temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Sequence[int] = (),
+    pad_id: int = 0,
     key: jax.Array | None = None,
-) -> Int[Array, "b p+n"]:
-    """``prompt`` followed by ``max_new_tokens`` sampled tokens, for a model with ``init_state``/``step``.
+    return_logprobs: bool = False,
+    callback: Callable[[jax.Array, jax.Array, jax.Array], None] | None = None,
+) -> Generation:
+    """Continue each prompt by up to ``max_new_tokens`` tokens (module docstring).
 
-    ``temperature=0`` is greedy decoding (no key needed); otherwise ``key`` is required. The total
-    length must fit the model's ``max_seq_len``."""
-    prompt = jnp.asarray(prompt)
-    if prompt.ndim != 2 or prompt.shape[1] < 1:
-        raise ValueError(f"prompt must be int tokens of shape [batch, length >= 1]; got {prompt.shape}")
-    if not jnp.issubdtype(prompt.dtype, jnp.integer):
-        raise TypeError(f"prompt must hold integer token ids; got dtype {prompt.dtype}")
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
+    ``prompts``: int tokens ``[b, p]`` (right-padded when ``prompt_lengths`` gives each row's length;
+    every length >= 1), or a list of token lists of any lengths. ``temperature=0`` is greedy decoding (no
+    key needed); otherwise ``key`` is required. ``callback(position, tokens [b], generated [b])`` is
+    called from the device loop at every position, in order (``jax.debug.callback``): streaming for
+    interactive use. The prompt plus ``max_new_tokens`` must fit the model's ``max_seq_len``.
+    """
+    if not (hasattr(model, "prefill") and hasattr(model, "step")):
+        raise TypeError(
+            f"{type(model).__name__} has no prefill/step: generate takes a causal jaxflash model "
+            "(LanguageModel, M2GPT, Parcae)"
+        )
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "max_seq_len") or not hasattr(config, "vocab_size"):
+        raise TypeError(f"{type(model).__name__} has no config with max_seq_len and vocab_size")
+    prompts, lengths = _as_prompts(prompts, prompt_lengths, pad_id)
+    valid = np.arange(prompts.shape[1])[None] < lengths[:, None]
+    if np.any(valid & ((prompts < 0) | (prompts >= config.vocab_size))):
+        bad = prompts[valid & ((prompts < 0) | (prompts >= config.vocab_size))]
+        raise ValueError(
+            f"prompt token ids must lie in [0, vocab_size={config.vocab_size}); got {bad[:5].tolist()}"
+        )
+    if not (isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 0):
         raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
-    if not hasattr(model, "step") or not hasattr(model, "init_state"):
-        raise TypeError(f"{type(model).__name__} has no recurrent init_state/step: it cannot generate")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0; got {temperature!r}")
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0; got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be an int >= 1 or None; got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must lie in (0, 1] or be None; got {top_p!r}")
+    vocab = config.vocab_size
+    stop_tokens = tuple(int(s) for s in stop_tokens)
+    for name, ids in (("stop_tokens", stop_tokens), ("pad_id", (pad_id,))):
+        if any(not 0 <= i < vocab for i in ids):
+            raise ValueError(f"{name} must be token ids in [0, vocab_size={vocab}); got {ids}")
     greedy = temperature == 0
     if not greedy and key is None:
         raise ValueError("sampling at temperature > 0 needs key= (or temperature=0 for greedy decoding)")
-    total = prompt.shape[1] + max_new_tokens
-    max_len = model.config.max_seq_len
+    batch, width = prompts.shape
+    total = int(lengths.max()) + max_new_tokens
+    max_len = config.max_seq_len
     if total > max_len:
         raise ValueError(
-            f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) = {total} exceeds the model's "
-            f"max_seq_len={max_len}"
+            f"the longest prompt ({int(lengths.max())}) + max_new_tokens ({max_new_tokens}) = {total} "
+            f"exceeds the model's max_seq_len={max_len}"
         )
+    out_width = width + max_new_tokens
     if max_new_tokens == 0:
-        return prompt.astype(jnp.int32)
+        tokens = np.where(np.arange(width)[None] < lengths[:, None], prompts, pad_id)
+        zeros = jnp.zeros(tokens.shape, jnp.float32) if return_logprobs else None
+        return Generation(jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32), zeros)
+    cache_len = max(_bucket_up(out_width, max_len), total)
+    padded_width = min(_bucket_up(width, cache_len), cache_len)
+    prompts = np.pad(prompts, ((0, 0), (0, padded_width - width)), constant_values=pad_id)
     graphdef, variables = nnx.split(model)
-    key = jax.random.key(0) if key is None else key
-    return _sample(
+    tokens, out_lengths, logprobs = _decode(
         graphdef,
         variables,
-        prompt.astype(jnp.int32),
-        key,
-        jnp.float32(max(temperature, 1e-6)),
-        total=total,
+        jnp.asarray(prompts, jnp.int32),
+        jnp.asarray(lengths, jnp.int32),
+        jnp.int32(max_new_tokens),
+        jax.random.key(0) if key is None else key,
+        jnp.float32(temperature if temperature > 0 else 1.0),
+        jnp.int32(pad_id),
+        prefill_len=_bucket_down(int(lengths.min())),
+        cache_len=cache_len,
         greedy=greedy,
+        top_k=top_k,
+        top_p=None if top_p is None else float(top_p),
+        stop_tokens=stop_tokens,
+        return_logprobs=return_logprobs,
+        callback=callback,
     )
+    return Generation(
+        tokens[:, :out_width], out_lengths, logprobs[:, :out_width] if return_logprobs else None
+    )
+
+
+def _as_prompts(prompts, prompt_lengths, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded int32 prompts ``[b, p]`` and their lengths, checked."""
+    if isinstance(prompts, list | tuple) and prompts and isinstance(prompts[0], list | tuple | np.ndarray):
+        if prompt_lengths is not None:
+            raise ValueError("prompt_lengths is for a padded [batch, length] array; a list gives its own")
+        rows = [np.asarray(p) for p in prompts]
+        if any(r.ndim != 1 for r in rows):
+            raise ValueError("each prompt of a list must be a flat sequence of token ids")
+        lengths = np.array([len(r) for r in rows])
+        width = max(int(lengths.max()), 1)
+        array = np.full((len(rows), width), pad_id, np.int64)
+        for i, r in enumerate(rows):
+            array[i, : len(r)] = r
+        prompts = array
+    else:
+        prompts = np.asarray(prompts)
+        if prompts.ndim != 2:
+            raise ValueError(
+                f"prompts must be int tokens of shape [batch, length]; got shape {prompts.shape}"
+            )
+        lengths = (
+            np.full((prompts.shape[0],), prompts.shape[1])
+            if prompt_lengths is None
+            else np.asarray(prompt_lengths)
+        )
+    if not np.issubdtype(prompts.dtype, np.integer):
+        raise TypeError(f"prompts must hold integer token ids; got dtype {prompts.dtype}")
+    if prompts.shape[0] < 1:
+        raise ValueError("prompts is an empty batch")
+    if lengths.shape != (prompts.shape[0],) or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"prompt_lengths must be {prompts.shape[0]} ints; got {lengths!r}")
+    if lengths.min() < 1:
+        raise ValueError(
+            f"every prompt needs at least one token (row {int(lengths.argmin())} has length "
+            f"{int(lengths.min())}); start it with a BOS or other token"
+        )
+    if lengths.max() > prompts.shape[1]:
+        raise ValueError(f"prompt_lengths {lengths.tolist()} exceed the prompts' width {prompts.shape[1]}")
+    return prompts.astype(np.int32), lengths.astype(np.int64)

@@ -1,0 +1,5 @@
+import sys
+
+from jaxflash.inference.cli import main
+
+sys.exit(main())
