@@ -112,7 +112,9 @@ class Attention(nnx.Module):
             self.q_norm = nnx.RMSNorm(self.head_dim, epsilon=norm_eps, dtype=dtype, rngs=rngs)
             self.k_norm = nnx.RMSNorm(self.head_dim, epsilon=norm_eps, dtype=dtype, rngs=rngs)
 
-    def _qkv(self, x: Float[Array, "b l d"], positions: jax.Array):
+    def qkv(self, x: Float[Array, "b l d"], positions: jax.Array):
+        """The heads ``q [b, l, H, d_h]``, ``k``, ``v [b, l, H_kv, d_h]`` at ``positions`` ([l] or [b, l]),
+        QK-normed and rotated as configured: what attention and the KV cache see."""
         b, length, _ = x.shape
         q = self.q_proj(x).reshape(b, length, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, length, self.num_kv_heads, self.head_dim)
@@ -126,7 +128,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
         b, length, _ = x.shape
-        q, k, v = self._qkv(x, jnp.arange(length))
+        q, k, v = self.qkv(x, jnp.arange(length))
         y = jaxflash.attention(q, k, v, causal=True, implementation=self.implementation)
         return self.out_proj(y.reshape(b, length, -1))
 
@@ -134,7 +136,7 @@ class Attention(nnx.Module):
         """The parallel forward over a prompt and the KV cache it leaves (``step`` continues at l)."""
         b, length, _ = x.shape
         check_prefill_length(length, max_len)
-        q, k, v = self._qkv(x, jnp.arange(length))
+        q, k, v = self.qkv(x, jnp.arange(length))
         y = jaxflash.attention(q, k, v, causal=True, implementation=self.implementation)
         pad = ((0, 0), (0, max_len - length), (0, 0), (0, 0))
         state = dict(
@@ -154,7 +156,7 @@ class Attention(nnx.Module):
         b = x.shape[0]
         pos = state["pos"]
         check_step_position(pos, state["k"].shape[1], "KV cache")
-        q, k, v = self._qkv(x[:, None], pos[None])
+        q, k, v = self.qkv(x[:, None], pos[None])
         k_cache = jax.lax.dynamic_update_slice(state["k"], k.astype(state["k"].dtype), (0, pos, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(state["v"], v.astype(state["v"].dtype), (0, pos, 0, 0))
         lengths = jnp.full((b,), pos + 1, jnp.int32)

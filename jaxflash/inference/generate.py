@@ -192,29 +192,9 @@ def generate(
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "max_seq_len") or not hasattr(config, "vocab_size"):
         raise TypeError(f"{type(model).__name__} has no config with max_seq_len and vocab_size")
-    prompts, lengths = _as_prompts(prompts, prompt_lengths, pad_id)
-    valid = np.arange(prompts.shape[1])[None] < lengths[:, None]
-    if np.any(valid & ((prompts < 0) | (prompts >= config.vocab_size))):
-        bad = prompts[valid & ((prompts < 0) | (prompts >= config.vocab_size))]
-        raise ValueError(
-            f"prompt token ids must lie in [0, vocab_size={config.vocab_size}); got {bad[:5].tolist()}"
-        )
-    if not (isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 0):
-        raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
-    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0; got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
-        raise ValueError(f"top_k must be an int >= 1 or None; got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must lie in (0, 1] or be None; got {top_p!r}")
-    vocab = config.vocab_size
+    greedy = check_sampling(config, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, key)
+    prompts, lengths = padded_prompts(prompts, prompt_lengths, pad_id, config.vocab_size)
     stop_tokens = tuple(int(s) for s in stop_tokens)
-    for name, ids in (("stop_tokens", stop_tokens), ("pad_id", (pad_id,))):
-        if any(not 0 <= i < vocab for i in ids):
-            raise ValueError(f"{name} must be token ids in [0, vocab_size={vocab}); got {ids}")
-    greedy = temperature == 0
-    if not greedy and key is None:
-        raise ValueError("sampling at temperature > 0 needs key= (or temperature=0 for greedy decoding)")
     batch, width = prompts.shape
     total = int(lengths.max()) + max_new_tokens
     max_len = config.max_seq_len
@@ -255,42 +235,69 @@ def generate(
     )
 
 
-def _as_prompts(prompts, prompt_lengths, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded int32 prompts ``[b, p]`` and their lengths, checked."""
+def check_sampling(config, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, key) -> bool:
+    """The sampling arguments of a model with ``config``, checked; True for greedy decoding."""
+    if not (isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 0):
+        raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0; got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be an int >= 1 or None; got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must lie in (0, 1] or be None; got {top_p!r}")
+    vocab = config.vocab_size
+    for name, ids in (("stop_tokens", tuple(stop_tokens)), ("pad_id", (pad_id,))):
+        if any(not (isinstance(i, int | np.integer) and 0 <= i < vocab) for i in ids):
+            raise ValueError(f"{name} must be token ids in [0, vocab_size={vocab}); got {ids}")
+    greedy = temperature == 0
+    if not greedy and key is None:
+        raise ValueError("sampling at temperature > 0 needs key= (or temperature=0 for greedy decoding)")
+    return greedy
+
+
+def padded_prompts(
+    prompts, lengths, pad_id: int, vocab_size: int, *, what: str = "prompts", allow_empty: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded int32 token rows ``[b, p]`` and their valid lengths, from an array (with
+    ``lengths``, default all of it) or a list of token lists; checked (ids in the vocabulary, every row
+    at least one token unless ``allow_empty``)."""
     if isinstance(prompts, list | tuple) and prompts and isinstance(prompts[0], list | tuple | np.ndarray):
-        if prompt_lengths is not None:
-            raise ValueError("prompt_lengths is for a padded [batch, length] array; a list gives its own")
+        if lengths is not None:
+            raise ValueError(
+                f"lengths are for a padded [batch, length] array of {what}; a list gives its own"
+            )
         rows = [np.asarray(p) for p in prompts]
         if any(r.ndim != 1 for r in rows):
-            raise ValueError("each prompt of a list must be a flat sequence of token ids")
+            raise ValueError(f"each row of {what} must be a flat sequence of token ids")
         lengths = np.array([len(r) for r in rows])
-        width = max(int(lengths.max()), 1)
-        array = np.full((len(rows), width), pad_id, np.int64)
+        array = np.full((len(rows), max(int(lengths.max()), 1)), pad_id, np.int64)
         for i, r in enumerate(rows):
             array[i, : len(r)] = r
         prompts = array
     else:
         prompts = np.asarray(prompts)
         if prompts.ndim != 2:
-            raise ValueError(
-                f"prompts must be int tokens of shape [batch, length]; got shape {prompts.shape}"
-            )
-        lengths = (
-            np.full((prompts.shape[0],), prompts.shape[1])
-            if prompt_lengths is None
-            else np.asarray(prompt_lengths)
-        )
-    if not np.issubdtype(prompts.dtype, np.integer):
-        raise TypeError(f"prompts must hold integer token ids; got dtype {prompts.dtype}")
+            raise ValueError(f"{what} must be int tokens of shape [batch, length]; got shape {prompts.shape}")
+        lengths = np.full((prompts.shape[0],), prompts.shape[1]) if lengths is None else np.asarray(lengths)
+    if prompts.size and not np.issubdtype(prompts.dtype, np.integer):
+        raise TypeError(f"{what} must hold integer token ids; got dtype {prompts.dtype}")
     if prompts.shape[0] < 1:
-        raise ValueError("prompts is an empty batch")
+        raise ValueError(f"{what} is an empty batch")
     if lengths.shape != (prompts.shape[0],) or not np.issubdtype(lengths.dtype, np.integer):
-        raise ValueError(f"prompt_lengths must be {prompts.shape[0]} ints; got {lengths!r}")
-    if lengths.min() < 1:
+        raise ValueError(f"the lengths of {what} must be {prompts.shape[0]} ints; got {lengths!r}")
+    if not allow_empty and lengths.min() < 1:
         raise ValueError(
-            f"every prompt needs at least one token (row {int(lengths.argmin())} has length "
+            f"every row of {what} needs at least one token (row {int(lengths.argmin())} has length "
             f"{int(lengths.min())}); start it with a BOS or other token"
         )
-    if lengths.max() > prompts.shape[1]:
-        raise ValueError(f"prompt_lengths {lengths.tolist()} exceed the prompts' width {prompts.shape[1]}")
+    if lengths.min() < 0 or lengths.max() > prompts.shape[1]:
+        raise ValueError(
+            f"the lengths of {what} {lengths.tolist()} must lie in [0, width {prompts.shape[1]}]"
+        )
+    valid = np.arange(prompts.shape[1])[None] < lengths[:, None]
+    bad = prompts[valid & ((prompts < 0) | (prompts >= vocab_size))]
+    if bad.size:
+        raise ValueError(
+            f"{what}: token ids must lie in [0, vocab_size={vocab_size}); got {bad[:5].tolist()}"
+        )
     return prompts.astype(np.int32), lengths.astype(np.int64)
