@@ -7,9 +7,23 @@ tokens, greedy / temperature / top-k / top-p sampling and log-probabilities (``G
 ``hydragen_generate(model, prefixes, suffixes, max_new_tokens)``: Hydragen's shared-prefix engine for
 attention LMs (each shared prefix's KV computed once, attended by all its sequences' queries as one
 matrix-matrix product); ``generate_many`` for ``num_return_sequences`` completions of one prompt.
+
+``distill_hyena(model, order)``: Laughing Hyena distillation of every Hyena filter into a modal SSM of
+``order`` modes (``fit_modal``), giving a drop-in model that decodes in O(order) per token and channel.
 """
 
+from jaxflash.inference.distill import DistillReport, ModalHyena, distill_hyena, fit_modal
 from jaxflash.inference.generate import Generation, filter_logits, generate
 from jaxflash.inference.hydragen import generate_many, hydragen_generate
 
-__all__ = ["Generation", "filter_logits", "generate", "generate_many", "hydragen_generate"]
+__all__ = [
+    "DistillReport",
+    "Generation",
+    "ModalHyena",
+    "distill_hyena",
+    "filter_logits",
+    "fit_modal",
+    "generate",
+    "generate_many",
+    "hydragen_generate",
+]
