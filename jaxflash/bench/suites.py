@@ -20,6 +20,7 @@ SUITE_MODULES: dict[str, str] = {
     "ws": "jaxflash.bench.ws",
     "models": "jaxflash.bench.models",
     "train": "jaxflash.bench.train",
+    "inference": "jaxflash.bench.inference",
 }
 
 

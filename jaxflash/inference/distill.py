@@ -58,11 +58,14 @@ def modal_kernel(poles, residues, h0, length: int) -> Float[Array, "l c"]:
     return jnp.concatenate([jnp.asarray(h0, jnp.float32)[None], tail.astype(jnp.float32)], axis=0)[:length]
 
 
+HANKEL_SIZE = 256  # the default Hankel matrix size: the leading singular values are what bound the fit
+
+
 def hankel_singular_values(h: np.ndarray, size: int | None = None) -> np.ndarray:
     """Singular values of each channel's Hankel matrix ``H_ij = h[i + j + 1]`` (``size x size``, default
-    ``(L - 1) // 2``), ``[C, size]``, largest first."""
+    ``min((L - 1) // 2, HANKEL_SIZE)``), ``[C, size]``, largest first."""
     h = np.asarray(h, np.float64)
-    size = size or (h.shape[0] - 1) // 2
+    size = size or min((h.shape[0] - 1) // 2, HANKEL_SIZE)
     idx = np.arange(size)[:, None] + np.arange(size)[None, :] + 1
     return np.stack([np.linalg.svd(h[idx, c], compute_uv=False) for c in range(h.shape[1])])
 
