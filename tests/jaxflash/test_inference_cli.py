@@ -107,3 +107,56 @@ def test_bad_arguments(workdir, capsys, argv, message):
 def test_missing_checkpoint(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "a"]) == 2
     assert "not a jaxflash.train workdir" in capsys.readouterr().err
+
+
+def test_distill_table(tmp_path, capsys):
+    path = tmp_path / "hyena"
+    train(
+        apply_overrides(presets.get("lm_hyena"), [*TINY, "model.hyena.filter_order=8", f"workdir={path}"]),
+        echo=None,
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(path),
+                "--prompt",
+                "a",
+                "--max-new-tokens",
+                "2",
+                "--temperature",
+                "0",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "distill",
+                "--checkpoint",
+                str(path),
+                "--orders",
+                "2",
+                "6",
+                "--steps",
+                "20",
+                "--eval-batches",
+                "1",
+            ]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| Hyena (convolution) |") and lines[3].startswith("| distilled, order 2 |")
+    assert len(lines) == 5
+    conv = float(lines[2].split("|")[3])
+    six = float(lines[4].split("|")[3])
+    assert abs(six - conv) < 0.05  # order 6 tracks the convolutional model on a 32-token context
+
+
+def test_distill_refuses_a_model_without_hyena(workdir, capsys):
+    assert main(["distill", "--checkpoint", str(workdir), "--orders", "2"]) == 2
+    assert "no Hyena mixer" in capsys.readouterr().err
