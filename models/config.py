@@ -200,12 +200,15 @@ class HyenaConfig:
     decay_target: float = 1e-2
     filter: str = "implicit"  # "implicit" (the FFN above) or "conv1d" (explicit taps; the paper's baseline)
     explicit_taps: int = 64  # taps of the "conv1d" filter (Hyena paper Table A.2: 64)
+    filter_heads: int | None = None  # filters tied within this many heads (MultiHyena); None: one per channel
 
     def __post_init__(self):
         _positive("order", self.order)
         if self.filter not in HYENA_FILTERS:
             raise ValueError(f"filter={self.filter!r}; choose one of {HYENA_FILTERS}")
         _positive("explicit_taps", self.explicit_taps)
+        if self.filter_heads is not None:
+            _positive("filter_heads", self.filter_heads)
         if self.order < 2:
             raise ValueError(f"order={self.order} must be >= 2: order N has N-1 long convolutions")
         _positive("filter_order", self.filter_order)
@@ -309,6 +312,8 @@ class LMConfig(_ModelFields):
             self.attention.validate_width(self.d_model)
         if self.uses("h3"):
             _divides("h3.head_dim", self.h3.head_dim, "d_model", self.d_model)
+        if self.uses("hyena") and self.hyena.filter_heads is not None:
+            _divides("hyena.filter_heads", self.hyena.filter_heads, "d_model", self.d_model)
         _rate("embed_dropout", self.embed_dropout)
         _rate("resid_dropout", self.resid_dropout)
         if self.long_conv.bidirectional and self.uses("long_conv"):
@@ -360,6 +365,10 @@ class M2Config(_ModelFields):
         if self.hyena.order != 2:
             raise ValueError(
                 f"hyena.order={self.hyena.order}: the Monarch Mixer has one gated long convolution, order 2"
+            )
+        if self.hyena.filter_heads is not None:
+            raise ValueError(
+                "hyena.filter_heads ties Hyena operator filters; the Monarch Mixer has none to tie"
             )
         if self.hyena.filter != "implicit":
             raise ValueError(

@@ -13,7 +13,9 @@ applied BEFORE its convolution; the paper's figure draws the convolution first):
 The filter has (N - 1) d channels laid out as safari's ``(v o)``: convolution o uses channels
 ``c = v (N - 1) + o`` (v < d), and so the decay rate of channel c below; one weight mapping loads a
 safari checkpoint of any order. ``HyenaConfig(filter="conv1d")`` swaps the implicit filter for an
-explicit ``explicit_taps``-tap one (the paper's Conv1d baseline).
+explicit ``explicit_taps``-tap one (the paper's Conv1d baseline). ``filter_heads=H`` ties the filters
+within H heads (Laughing Hyena's MultiHyena weight tying: (N - 1) H filters, each serving d / H consecutive
+channels; fewer filters to learn and to distil).
 
 Implicit filter ``h = FFN(z_t) . exp(-t |delta_c|)`` over positions t = 0..L-1:
 
@@ -230,7 +232,10 @@ class HyenaOperator(nnx.Module):
         width = (config.order + 1) * d_model
         self.in_proj = nnx.Linear(d_model, width, dtype=dtype, rngs=rngs)
         self.short_conv = ShortConv(width, config.short_filter_order, rngs=rngs)
-        channels = (config.order - 1) * d_model
+        self.filter_heads = config.filter_heads or d_model
+        if d_model % self.filter_heads:
+            raise ValueError(f"hyena filter_heads={self.filter_heads} must divide d_model={d_model}")
+        channels = (config.order - 1) * self.filter_heads
         if config.filter == "implicit":
             self.filter = HyenaFilter(channels, max_len, config, rngs=rngs)
         else:
@@ -239,6 +244,13 @@ class HyenaOperator(nnx.Module):
 
     def __call__(self, u: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
         return self._forward(u)[0]
+
+    def conv_filter(self, values: jax.Array, o: int) -> jax.Array:
+        """Convolution o's share of a per-filter-channel array ``[..., (N - 1) H_f]`` (the kernel, its
+        bias), as ``[..., d]``: safari's (v o) layout picks channels ``o::(N - 1)``; with weight-tied
+        heads (``filter_heads`` H_f < d) each head's filter serves its d / H_f consecutive channels."""
+        picked = values[..., o :: self.order - 1]
+        return jnp.repeat(picked, self.d_model // self.filter_heads, axis=-1)
 
     def _forward(self, u: Float[Array, "b l d"], *, keep_inputs: bool = False):
         """The output, the short convolution's input and (``keep_inputs``) each long convolution's gated
@@ -259,8 +271,8 @@ class HyenaOperator(nnx.Module):
                 x_i = None
             v = jaxflash.fftconv(
                 v,
-                h[:, o::n_convs],  # safari's (v o) channel layout: channel c = v (N - 1) + o
-                skip=bias[o::n_convs],
+                self.conv_filter(h, o),
+                skip=self.conv_filter(bias, o),
                 pre_gate=x_i,
                 post_gate=x0 if last else None,
                 fft_size=self.fft_size,
@@ -301,12 +313,11 @@ class HyenaOperator(nnx.Module):
         max_len = state["history"].shape[2]
         h = self.filter.kernel(max_len)
         bias = self.filter.bias[...]
-        n_convs = len(gates)
         histories = []
         for o, x_i in enumerate(reversed(gates)):
             g = (x_i * v).astype(jnp.float32)
-            y, hist = history_conv_step(state["history"][o], g, h[:, o::n_convs], pos)
+            y, hist = history_conv_step(state["history"][o], g, self.conv_filter(h, o), pos)
             histories.append(hist)
-            v = (y + bias[o::n_convs] * g).astype(self.dtype)
+            v = (y + self.conv_filter(bias, o) * g).astype(self.dtype)
         out = self.out_proj(x0 * v)
         return out, dict(window=window, history=jnp.stack(histories), pos=pos + 1)

@@ -565,4 +565,9 @@ def from_safari_lm(
 def to_safari_lm(model: LanguageModel) -> dict[str, np.ndarray]:
     """``model``'s weights in safari's ConvLMHeadModel layout (module docstring): float32 arrays under
     the original keys, buffers and the tied ``lm_head.weight`` included."""
+    config = getattr(model, "config", None)
+    if isinstance(config, LMConfig) and config.uses("hyena") and config.hyena.filter_heads is not None:
+        raise NotImplementedError(
+            "hyena.filter_heads (weight-tied filters) has no counterpart in safari's HyenaOperator"
+        )
     return export(model, layout(model))

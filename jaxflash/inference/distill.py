@@ -190,9 +190,15 @@ class ModalHyena(nnx.Module):
         return self.operator(u)
 
     def _modal(self, o: int):
-        """Poles, residues, h0 and bias of convolution o (safari's (v o) channel layout)."""
-        f, n = self.operator.filter, self.operator.order - 1
-        return f.poles[...][o::n], f.residues[...][o::n], f.h0[...][o::n], f.bias[...][o::n]
+        """Poles, residues ``[d, order]``, h0 and bias ``[d]`` of convolution o, per channel
+        (``HyenaOperator.conv_filter``: safari's (v o) layout, tied heads expanded)."""
+        f, pick = self.operator.filter, self.operator.conv_filter
+        return (
+            pick(f.poles[...].T, o).T,
+            pick(f.residues[...].T, o).T,
+            pick(f.h0[...], o),
+            pick(f.bias[...], o),
+        )
 
     def init_state(self, batch: int, max_len: int | None = None) -> State:
         del max_len  # the state does not grow with the sequence

@@ -95,3 +95,15 @@ def test_bad_distillation_calls():
         fit_modal(np.zeros((10, 2)), 4)
     with pytest.raises(ValueError, match="no Hyena mixer"):
         distill_hyena(LanguageModel(tiny_lm("attention"), rngs=nnx.Rngs(0)), 4)
+
+
+def test_tied_filters_distil_fewer_filters(key):
+    cfg = tiny_lm("hyena", max_seq_len=32, hyena=HyenaConfig(filter_order=16, emb_dim=5, filter_heads=4))
+    model = LanguageModel(cfg, rngs=nnx.Rngs(3))
+    distilled, report = distill_hyena(model, 4, steps=20)
+    assert report.layers[0].poles.shape == (4, 4)  # 4 heads' filters, not d_model = 32
+    tokens = jax.random.randint(key, (2, 9), 0, 16)
+    logits = nnx.jit(lambda m, t: m(t))(distilled, tokens)
+    head, state = nnx.jit(lambda m, t: m.prefill(t, 16))(distilled, tokens[:, :5])
+    out, _ = nnx.jit(lambda m, t, s: m.step(t, s))(distilled, tokens[:, 5], state)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(logits[:, 5]), atol=1e-4, rtol=1e-4)

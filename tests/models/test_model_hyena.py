@@ -134,3 +134,20 @@ def test_conv1d_filter_is_explicit_and_short(key, checks):
 def test_filter_kind_is_checked():
     with pytest.raises(ValueError, match="filter='fno'"):
         HyenaConfig(filter="fno")
+
+
+def test_filter_heads_tie_the_filters_within_heads(key, checks):
+    """MultiHyena weight tying: 2 heads of 4 channels share 2 filters per convolution."""
+    cfg = dataclasses.replace(CFG, order=3, filter_heads=2)
+    op = HyenaOperator(8, 16, cfg, implementation="xla", rngs=nnx.Rngs(7))
+    assert op.filter.channels == 2 * 2  # (N - 1) heads' filters, not (N - 1) d
+    h = np.asarray(op.filter.kernel(10))
+    for o in range(2):
+        per_channel = np.asarray(op.conv_filter(jnp.asarray(h), o))
+        assert_close(per_channel, np.repeat(h[:, o::2], 4, axis=1))  # head m serves channels 4m..4m+3
+    u = random_normal(key, (2, 10, 8))
+    checks.causal(op, u, cut=6)
+    checks.step(op, u, max_len=16, atol=5e-5)
+    checks.prefill(op, u, cut=4, max_len=16, atol=5e-5)
+    with pytest.raises(ValueError, match="filter_heads=3 must divide d_model=8"):
+        HyenaOperator(8, 16, dataclasses.replace(CFG, filter_heads=3), rngs=nnx.Rngs(0))

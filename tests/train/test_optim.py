@@ -19,7 +19,13 @@ def _labels_by_name(model):
 def test_param_labels_follow_the_papers():
     h3 = _labels_by_name(LanguageModel(tiny_lm("h3", attn_layer_idx=(1,)), rngs=nnx.Rngs(0)))
     m = "blocks/0/mixer/"
-    for name in ("diag_kernel/log_dt", "diag_kernel/inv_A_real", "diag_kernel/A_imag", "diag_kernel/B", "shift_kernel/B"):
+    for name in (
+        "diag_kernel/log_dt",
+        "diag_kernel/inv_A_real",
+        "diag_kernel/A_imag",
+        "diag_kernel/B",
+        "shift_kernel/B",
+    ):
         assert h3[m + name] == "ssm", name
     for name in ("diag_kernel/C", "shift_kernel/C", "q_proj/kernel", "D", "D_k"):
         assert h3[m + name] == "default", name

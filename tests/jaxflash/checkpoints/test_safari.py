@@ -328,3 +328,8 @@ def test_export_refuses_models_safari_cannot_hold():
         to_safari_lm(model)
     with pytest.raises(NotImplementedError, match="M2GPT"):
         to_safari_lm(nnx.eval_shape(lambda: models.M2GPT(models.m2_gpt_tiny(), rngs=nnx.Rngs(0))))
+    tied = dataclasses.replace(
+        _small_lm("hyena"), hyena=dataclasses.replace(_small_lm("hyena").hyena, filter_heads=2)
+    )
+    with pytest.raises(NotImplementedError, match="filter_heads"):
+        to_safari_lm(models.LanguageModel(tied, rngs=nnx.Rngs(0)))
