@@ -22,7 +22,7 @@ def _blocks() -> dict[str, str]:
 
 
 def test_the_readme_has_the_examples():
-    assert {"Example", "Models", "Train", "Checkpoints"} <= set(_blocks())
+    assert {"Example", "Models", "Train", "Checkpoints", "Inference"} <= set(_blocks())
 
 
 def test_op_example(capsys):
@@ -62,3 +62,18 @@ def test_checkpoints_example(tmp_path, capsys):
     exec(code, scope)
     assert (tmp_path / "h3.safetensors").is_file()
     assert scope["report"].inferred["h3.head_dim"] == 2 and "keys used" in capsys.readouterr().out
+
+
+def test_inference_example(capsys):
+    """Ragged generation, distillation, Hydragen equal to plain generation."""
+    scope: dict = {}
+    exec(_blocks()["Inference"], scope)
+    assert scope["out"].tokens.shape == (2, 12) and scope["out"].lengths.tolist() == [12, 10]
+    assert scope["fast"].tokens.shape == (1, 12)
+    shared, same, questions = scope["shared"], scope["same"], scope["questions"]
+    for b in range(len(questions)):
+        start = len(scope["system"][0])
+        n = int(same.lengths[b])
+        assert shared.tokens[b, : int(shared.lengths[b])].tolist() == same.tokens[b, start:n].tolist()
+    assert scope["samples"].tokens.shape == (8, 7)
+    assert "relative l2 error" in capsys.readouterr().out
