@@ -23,6 +23,7 @@ prefill computes ``x_{l-1}[n] = sum_s lambda_n^(l-1-s) g_s`` from the prompt in 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -105,6 +106,28 @@ def _spectrum(params, length: int) -> jax.Array:
     return params["h0"][:, None] + (c_pos + jnp.conj(c_neg)) / 2
 
 
+@jax.jit
+def _relative_errors(params, target, norms) -> jax.Array:
+    """Each channel's squared error relative to its energy, from the spectra (Parseval)."""
+    length = target.shape[1]
+    return jnp.sum(jnp.abs(_spectrum(params, length) - target) ** 2, axis=1) / length / norms
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "lr"))
+def _refine(params, target, norms, *, steps: int, lr: float):
+    """``steps`` Adam steps on the summed relative errors (one compilation per shape and setting)."""
+    tx = optax.adam(lr)
+
+    def step(carry, _):
+        params, state = carry
+        loss, grads = jax.value_and_grad(lambda p: jnp.sum(_relative_errors(p, target, norms)))(params)
+        updates, state = tx.update(grads, state, params)
+        return (optax.apply_updates(params, updates), state), loss
+
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+    return params
+
+
 def fit_modal(h: Float[Array, "l c"], order: int, *, steps: int = 300, lr: float = 1e-2) -> ModalFit:
     """Fit every channel of the filter bank ``h [L, C]`` with a modal filter of ``order`` complex modes
     (module docstring). ``steps`` Adam steps (0: the Prony initialisation alone); the better of the
@@ -129,31 +152,15 @@ def fit_modal(h: Float[Array, "l c"], order: int, *, steps: int = 300, lr: float
     target = jnp.asarray(np.fft.fft(h, axis=0).T, jnp.complex64)  # [C, L]
     norms = jnp.asarray(np.maximum(np.sum(h**2, axis=0), 1e-30), jnp.float32)
 
-    def per_channel(params):  # relative squared error, by Parseval
-        return jnp.sum(jnp.abs(_spectrum(params, length) - target) ** 2, axis=1) / length / norms
-
-    errors0 = per_channel(params)
+    errors0 = _relative_errors(params, target, norms)
     best = params
     if steps:
-        tx = optax.adam(lr)
-
-        @jax.jit
-        def run(params):
-            def step(carry, _):
-                params, state = carry
-                loss, grads = jax.value_and_grad(lambda p: jnp.sum(per_channel(p)))(params)
-                updates, state = tx.update(grads, state, params)
-                return (optax.apply_updates(params, updates), state), loss
-
-            (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
-            return params
-
-        refined = run(params)
-        better = per_channel(refined) < errors0
+        refined = _refine(params, target, norms, steps=steps, lr=lr)
+        better = _relative_errors(refined, target, norms) < errors0
         best = jax.tree.map(
             lambda r, p: jnp.where(better.reshape((-1,) + (1,) * (r.ndim - 1)), r, p), refined, params
         )
-    errors = np.sqrt(np.asarray(per_channel(best), np.float64))
+    errors = np.sqrt(np.asarray(_relative_errors(best, target, norms), np.float64))
     poles = np.asarray(jax.nn.sigmoid(best["a"])) * np.exp(1j * np.asarray(best["theta"]))
     residues = np.asarray(best["re"]) + 1j * np.asarray(best["im"])
     return ModalFit(poles.astype(np.complex64), residues.astype(np.complex64), np.asarray(best["h0"]), errors)
