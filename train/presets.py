@@ -3,7 +3,9 @@
 Each preset is a function returning a :class:`~jaxflash.train.config.TrainConfig`; the docstring's first
 line is what ``--list`` shows. The synthetic-task presets follow the papers' recipes
 (``shared/reference/models.md`` section 2): safari's ICL synthetics (2 layers, d_model 32, d_inner 128,
-AdamW lr 5e-4, weight decay 0.1, batch 32, 10% warmup), zoology's MQAR starter, MAD's selective copying.
+AdamW lr 5e-4, weight decay 0.1, batch 32, 10% warmup), the Hyena paper's long associative recall (Table
+A.1: vocab 30, width 64, 2000 examples), zoology's MQAR starter, MAD's selective copying. REPRODUCTIONS.md
+has the commands that ran them and what came out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from jaxflash.models import (
     HyenaConfig,
     LMConfig,
     LongConvConfig,
+    M2Config,
     m2_gpt_tiny,
     parcae_tiny,
 )
@@ -98,6 +101,16 @@ def lm_parcae() -> TrainConfig:
     return dataclasses.replace(demo(), model=model, workdir="runs/lm_parcae", steps=200)
 
 
+def lm_parcae_linear() -> TrainConfig:
+    """lm_parcae with the linear (concat-adapter) injection, Parcae's unstable baseline."""
+    config = lm_parcae()
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, injection="linear"),
+        workdir="runs/lm_parcae_linear",
+    )
+
+
 def _synthetic_lm(mixer: str, vocab: int, seq: int) -> LMConfig:
     # safari's lm_simple: 2 layers, d_model 32, d_inner 128; H3 d_state 64, head_dim 1; attention 1 head
     # with learned positions (the Transformer baseline).
@@ -155,6 +168,23 @@ def associative_recall_h3() -> TrainConfig:
     return _safari("associative_recall", "h3", vocab=10, input_seq_len=20, steps=ASSOCIATIVE_RECALL_STEPS)
 
 
+def associative_recall_transformer() -> TrainConfig:
+    """The 1-head Transformer baseline on safari's associative recall, 200 epochs (paper: 100%)."""
+    return _safari(
+        "associative_recall", "attention", vocab=10, input_seq_len=20, steps=ASSOCIATIVE_RECALL_STEPS
+    )
+
+
+def induction_head_s4d() -> TrainConfig:
+    """S4D (safari's s4d layer, d_state 64) on safari's induction head, 400 epochs (paper: 35.6%)."""
+    return _safari("induction_head", "s4d", vocab=20, input_seq_len=30, steps=INDUCTION_HEAD_STEPS)
+
+
+def associative_recall_s4d() -> TrainConfig:
+    """S4D (safari's s4d layer, d_state 64) on safari's associative recall, 200 epochs (paper: 86.0%)."""
+    return _safari("associative_recall", "s4d", vocab=10, input_seq_len=20, steps=ASSOCIATIVE_RECALL_STEPS)
+
+
 def associative_recall_hyena() -> TrainConfig:
     """Hyena on safari's associative recall (vocab 10, length 20), 200 epochs."""
     return _safari("associative_recall", "hyena", vocab=10, input_seq_len=20, steps=ASSOCIATIVE_RECALL_STEPS)
@@ -180,6 +210,121 @@ def mqar_attention() -> TrainConfig:
     )
 
 
+# --- Hyena's long-sequence associative recall (Hyena paper Table A.1) ----------------------------------
+
+
+# Hyena Table A.1: 2000 training examples in batches of 32 (62.5 steps an epoch), 200 epochs, 10 of them
+# linear warmup, then cosine.
+LONG_AR_EXAMPLES = 2000
+LONG_AR_STEPS = 200 * LONG_AR_EXAMPLES // 32
+# safari's regularised long-conv layer (configs/model/layer/long-conv.yaml): 2 channels, squash at 0.003,
+# kernel dropout 0.2, no smoothing.
+SAFARI_LONG_CONV = LongConvConfig(channels=2, lam=0.003, kernel_dropout=0.2)
+
+
+def _long_ar(mixer: str, *, input_seq_len: int = 1024, vocab: int = 30) -> TrainConfig:
+    # safari hyena-131k-30vs.yaml at a CPU length: 2 layers, width 64 (MLP 4x), Hyena emb_dim 5, filter
+    # FFN 64, w 10; Table A.1: AdamW (0.9, 0.98) lr 5e-4, wd 0.1, no dropout, batch 32.
+    seq = 2 * (input_seq_len // 2) + 2
+    model = dataclasses.replace(
+        _synthetic_lm(mixer, vocab, seq),
+        d_model=64,
+        d_inner=256,
+        embed_dropout=0.0,
+        long_conv=SAFARI_LONG_CONV,
+    )
+    steps = LONG_AR_STEPS
+    return TrainConfig(
+        model=model,
+        data=DataConfig(
+            name="associative_recall", seq_len=input_seq_len, vocab_size=vocab, num_examples=LONG_AR_EXAMPLES
+        ),
+        optim=OptimConfig(lr=5e-4, weight_decay=0.1, warmup_steps=steps // 20, clip_norm=None),
+        workdir=f"runs/associative_recall_{input_seq_len}_{mixer}",
+        steps=steps,
+        batch_size=32,
+        checkpoint_every=max(steps // 4, 1),
+        eval_every=max(steps // 10, 1),
+        eval_batches=16,
+        log_every=25,
+        sample_tokens=0,
+    )
+
+
+def associative_recall_1k_hyena() -> TrainConfig:
+    """Hyena on associative recall at 1K tokens, vocab 30, width 64 (Hyena Table A.1; 100% at 30K)."""
+    return _long_ar("hyena")
+
+
+def associative_recall_1k_h3() -> TrainConfig:
+    """H3 (d_state 64) on associative recall at 1K tokens, vocab 30, width 64 (Hyena paper: 8.4% at 30K)."""
+    return _long_ar("h3")
+
+
+def associative_recall_1k_conv1d() -> TrainConfig:
+    """Order-2 Hyena with an explicit 64-tap filter on associative recall at 1K (Hyena Table A.2, Conv1d)."""
+    config = _long_ar("hyena")
+    hyena = dataclasses.replace(config.model.hyena, filter="conv1d", explicit_taps=64)
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, hyena=hyena),
+        workdir="runs/associative_recall_1024_conv1d",
+    )
+
+
+def associative_recall_512_long_conv() -> TrainConfig:
+    """Long convolutions (safari's squash 0.003, kernel dropout 0.2) on associative recall at 512 tokens."""
+    return _long_ar("long_conv", input_seq_len=512)
+
+
+# --- zoology's MQAR across mixers ---------------------------------------------------------------------
+
+
+def _mqar(model: LMConfig | M2Config, name: str) -> TrainConfig:
+    return dataclasses.replace(mqar_attention(), model=model, workdir=f"runs/mqar_{name}")
+
+
+def mqar_hyena() -> TrainConfig:
+    """zoology's MQAR starter with 2 Hyena layers (zoology's filter: emb_dim 3, w 1, FFN 64), d_model 128."""
+    model = mqar_attention().model
+    return _mqar(
+        dataclasses.replace(model, mixer="hyena", learned_pos_emb=False, hyena=HyenaConfig(filter_order=64)),
+        "hyena",
+    )
+
+
+def mqar_h3() -> TrainConfig:
+    """zoology's MQAR starter with 2 H3 layers (d_state = seq 64, head_dim 2, as zoology's Figure 2)."""
+    model = mqar_attention().model
+    return _mqar(
+        dataclasses.replace(model, mixer="h3", learned_pos_emb=False, h3=H3Config(d_state=64, head_dim=2)),
+        "h3",
+    )
+
+
+def mqar_long_conv() -> TrainConfig:
+    """zoology's MQAR starter with 2 long-convolution layers (safari's regularised kernel), d_model 128."""
+    model = mqar_attention().model
+    return _mqar(
+        dataclasses.replace(model, mixer="long_conv", learned_pos_emb=False, long_conv=SAFARI_LONG_CONV),
+        "long_conv",
+    )
+
+
+def mqar_m2() -> TrainConfig:
+    """zoology's MQAR starter with a 2-layer M2-GPT (Monarch Mixer), d_model 128, filter FFN 64."""
+    base = mqar_attention().model
+    tiny = m2_gpt_tiny()
+    model = m2_gpt_tiny(
+        vocab_size=base.vocab_size,
+        d_model=base.d_model,
+        d_inner=base.d_inner,
+        max_seq_len=base.max_seq_len,
+        hyena=dataclasses.replace(tiny.hyena, filter_order=64),
+    )
+    return _mqar(model, "m2")
+
+
 def selective_copying_hyena() -> TrainConfig:
     """MAD's selective copying (vocab 16, length 256, 16 tokens) with a 2-layer Hyena, d_model 128."""
     seq = 256
@@ -203,11 +348,23 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     **{f"lm_{mixer}": _lm_preset(mixer) for mixer in ("attention", "h3", "hyena", "long_conv")},
     "lm_m2_gpt": lm_m2_gpt,
     "lm_parcae": lm_parcae,
+    "lm_parcae_linear": lm_parcae_linear,
     "induction_head_h3": induction_head_h3,
     "induction_head_transformer": induction_head_transformer,
     "associative_recall_h3": associative_recall_h3,
+    "associative_recall_transformer": associative_recall_transformer,
+    "induction_head_s4d": induction_head_s4d,
+    "associative_recall_s4d": associative_recall_s4d,
     "associative_recall_hyena": associative_recall_hyena,
+    "associative_recall_1k_hyena": associative_recall_1k_hyena,
+    "associative_recall_1k_h3": associative_recall_1k_h3,
+    "associative_recall_1k_conv1d": associative_recall_1k_conv1d,
+    "associative_recall_512_long_conv": associative_recall_512_long_conv,
     "mqar_attention": mqar_attention,
+    "mqar_hyena": mqar_hyena,
+    "mqar_h3": mqar_h3,
+    "mqar_long_conv": mqar_long_conv,
+    "mqar_m2": mqar_m2,
     "selective_copying_hyena": selective_copying_hyena,
 }
 
