@@ -77,6 +77,24 @@ def filter_logits(
     return logits
 
 
+def sample_token(
+    logits: Float[Array, "b v"],
+    key: jax.Array,
+    position: jax.Array,
+    temperature: jax.Array,
+    *,
+    greedy: bool,
+    top_k: int | None,
+    top_p: float | None,
+) -> Int[Array, " b"]:
+    """The next token of each row: the argmax when ``greedy``, else a draw from ``softmax(logits /
+    temperature)`` within the top-k and the nucleus, keyed by ``fold_in(key, position)``."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+    return jax.random.categorical(jax.random.fold_in(key, position), scaled, axis=-1).astype(jnp.int32)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=(
@@ -129,12 +147,7 @@ def _decode(
 
     def body(carry):
         t, tokens, logprobs, state, last, done = carry
-        if greedy:
-            sampled = jnp.argmax(last, axis=-1)
-        else:
-            scaled = filter_logits(last / temperature, top_k=top_k, top_p=top_p)
-            sampled = jax.random.categorical(jax.random.fold_in(key, t), scaled, axis=-1)
-        sampled = sampled.astype(jnp.int32)
+        sampled = sample_token(last, key, t, temperature, greedy=greedy, top_k=top_k, top_p=top_p)
         in_prompt = t < lengths
         generated = ~in_prompt & ~done & (t < limit)
         token = jnp.where(in_prompt, tokens[:, t], jnp.where(generated, sampled, pad_id))

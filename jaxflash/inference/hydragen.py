@@ -32,7 +32,7 @@ from flax import nnx
 from jaxtyping import Array, Int
 
 import jaxflash
-from jaxflash.inference.generate import Generation, check_sampling, filter_logits, padded_prompts
+from jaxflash.inference.generate import Generation, check_sampling, padded_prompts, sample_token
 
 
 def _attention_blocks(model) -> list:
@@ -126,12 +126,8 @@ def _run(
 
     def body(carry):
         n, tokens, caches, last, pos, done = carry
-        if greedy:
-            sampled = jnp.argmax(last, axis=-1)
-        else:
-            scaled = filter_logits(last / temperature, top_k=top_k, top_p=top_p)
-            sampled = jax.random.categorical(jax.random.fold_in(key, n), scaled, axis=-1)
-        token = jnp.where(done, pad_id, sampled.astype(jnp.int32))
+        sampled = sample_token(last, key, n, temperature, greedy=greedy, top_k=top_k, top_p=top_p)
+        token = jnp.where(done, pad_id, sampled)
         tokens = tokens.at[rows, pos].set(token)
         done = done | jnp.any(sampled[:, None] == stops[None], axis=-1)
         positions = (start + pos)[:, None]
