@@ -165,13 +165,18 @@ def _decode(
     done = jnp.zeros((batch,), bool)
     carry = (jnp.asarray(prefill_len, jnp.int32), tokens, logprobs, state, last, done)
     t, tokens, logprobs, _, _, done = jax.lax.while_loop(cond, body, carry)
-    # A row's length: up to its stop token, else its own limit (or where the loop ended).
-    is_stop = (
-        jnp.isin(tokens, stops) & (positions[None] >= lengths[:, None]) & (positions[None] < limit[:, None])
-    )
-    first_stop = jnp.where(jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1) + 1, jnp.minimum(limit, t))
-    tokens = jnp.where(positions[None] < first_stop[:, None], tokens, pad_id)
-    return tokens, first_stop, logprobs
+    tokens, ends = end_rows(tokens, stops, lengths, jnp.minimum(limit, t), pad_id)
+    return tokens, ends, logprobs
+
+
+def end_rows(tokens, stops, start, end, pad_id):
+    """Each row cut after its first stop token among its generated positions ``[start, end)`` (else at
+    ``end``), padded after: ``(tokens, lengths)``."""
+    positions = jnp.arange(tokens.shape[1])[None]
+    generated = (positions >= start[:, None]) & (positions < end[:, None])
+    is_stop = jnp.isin(tokens, stops) & generated
+    ends = jnp.where(jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1) + 1, end)
+    return jnp.where(positions < ends[:, None], tokens, pad_id), ends
 
 
 def generate(

@@ -32,7 +32,7 @@ from flax import nnx
 from jaxtyping import Array, Int
 
 import jaxflash
-from jaxflash.inference.generate import Generation, check_sampling, padded_prompts, sample_token
+from jaxflash.inference.generate import Generation, check_sampling, end_rows, padded_prompts, sample_token
 
 
 def _attention_blocks(model) -> list:
@@ -145,11 +145,7 @@ def _run(
     done = jnp.zeros((batch,), bool)
     carry = (jnp.zeros((), jnp.int32), tokens, caches, last, suffix_lengths, done)
     _, tokens, _, _, pos, _ = jax.lax.while_loop(cond, body, carry)
-    positions = jnp.arange(cache_len)[None]
-    generated = (positions >= suffix_lengths[:, None]) & (positions < pos[:, None])
-    is_stop = jnp.isin(tokens, stops) & generated
-    ends = jnp.where(jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1) + 1, pos)
-    return jnp.where(positions < ends[:, None], tokens, pad_id), ends
+    return end_rows(tokens, stops, suffix_lengths, pos, pad_id)
 
 
 def hydragen_generate(
