@@ -1,0 +1,24 @@
+"""Block quantization: FlexGen's 4-bit integer groups, MXFP4 and NVFP4 with ScaleSearch
+(:mod:`jaxflash.quant.formats`), over the E2M1 / E4M3 / E8M0 codes of :mod:`jaxflash.quant.codes`."""
+
+from jaxflash.quant.formats import (
+    DEFAULT_BLOCK_SIZE,
+    FORMATS,
+    QuantizedArray,
+    bits_per_element,
+    block_values,
+    dequantize,
+    quantization_error,
+    quantize,
+)
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "FORMATS",
+    "QuantizedArray",
+    "bits_per_element",
+    "block_values",
+    "dequantize",
+    "quantization_error",
+    "quantize",
+]
