@@ -2,6 +2,7 @@
 
     python -m jaxflash.train.evaluate runs/lm_parcae
     python -m jaxflash.train.evaluate runs/lm_parcae model.max_recurrence=16 model.mean_recurrence=16
+    python -m jaxflash.train.evaluate runs/demo --quantize nvfp4 --scale-search 8
 
 The model comes from :func:`jaxflash.train.checkpoint.load_model`; overrides (the same dotted keys as
 ``python -m jaxflash.train``) change the run's saved config before the evaluation. A model override may
@@ -25,9 +26,16 @@ USAGE_ERROR = 2
 
 
 def evaluate_run(
-    workdir: str | pathlib.Path, overrides: list[str] = (), *, step: int | None = None
+    workdir: str | pathlib.Path,
+    overrides: list[str] = (),
+    *,
+    step: int | None = None,
+    quantize: str | None = None,
+    scale_search: int = 0,
 ) -> dict[str, Any]:
-    """The validation metrics of ``workdir``'s newest checkpoint (or ``step``) under ``overrides``.
+    """The validation metrics of ``workdir``'s newest checkpoint (or ``step``) under ``overrides``;
+    with ``quantize`` (``"int4"``, ``"mxfp4"``, ``"nvfp4"``), of the model with its Linear kernels
+    quantized (:func:`jaxflash.quant.ptq.quantize_kernels`, ScaleSearch window ``scale_search``).
 
     Raises ``ValueError`` when a model override changes the parameters' structure or shapes."""
     import jax
@@ -57,6 +65,18 @@ def evaluate_run(
     if jax.tree.structure(new_rest) != jax.tree.structure(rest):
         raise ValueError("the overrides change the model's non-parameter state; drop the model overrides")
 
+    quantized = {}
+    if quantize is not None:
+        from jaxflash.quant.ptq import quantize_kernels
+
+        params, report = quantize_kernels(params, quantize, scale_search=scale_search)
+        quantized = dict(
+            quantize=quantize,
+            scale_search=scale_search,
+            quantized_tensors=len(report.paths),
+            bits_per_weight=report.bits_per_weight,
+            weight_mse=report.squared_error / report.elements,
+        )
     mesh = shard.make_mesh(config_lib.MeshConfig(data=1))
     batch_sharding = shard.batch_sharding(mesh)
     eval_fn = jax.jit(make_eval_step(eval_graphdef(graphdef, params, rest)))
@@ -66,6 +86,7 @@ def evaluate_run(
         "workdir": str(workdir),
         "step": _checkpoint_step(workdir, step),
         "overrides": list(overrides),
+        **quantized,
         **metrics,
     }
 
@@ -99,9 +120,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("workdir", help="a directory written by python -m jaxflash.train")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest)")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--quantize",
+        choices=("int4", "mxfp4", "nvfp4"),
+        default=None,
+        help="evaluate with every Linear kernel quantized to this 4-bit format (weights only)",
+    )
+    p.add_argument(
+        "--scale-search",
+        type=int,
+        default=0,
+        help="ScaleSearch window in scale-code steps (8 = one binade for nvfp4, 1 for mxfp4; 0 = off)",
+    )
+    args = p.parse_intermixed_args(argv)  # options may come before or after the overrides
     try:
-        result = evaluate_run(args.workdir, args.overrides, step=args.step)
+        result = evaluate_run(
+            args.workdir,
+            args.overrides,
+            step=args.step,
+            quantize=args.quantize,
+            scale_search=args.scale_search,
+        )
     except (KeyError, ValueError, FileNotFoundError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {message}", file=sys.stderr)

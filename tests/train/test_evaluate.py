@@ -52,3 +52,16 @@ def test_bad_calls_exit_2(run, tmp_path, capsys):
     assert "change the model's parameters" in capsys.readouterr().err
     assert main([str(tmp_path / "none")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_quantized_evaluation_changes_the_loss_by_the_quantization_only(run, capsys):
+    """W4 evaluation: the report counts the Linear kernels; NVFP4 with ScaleSearch is a different
+    model than f32 but close to it; the CLI takes the same options."""
+    exact = evaluate_run(run)
+    w4 = evaluate_run(run, quantize="nvfp4", scale_search=8)
+    assert w4["quantize"] == "nvfp4" and w4["quantized_tensors"] > 0
+    assert 4.0 < w4["bits_per_weight"] < 5.0
+    assert w4["eval_loss"] != exact["eval_loss"]
+    assert w4["eval_loss"] == pytest.approx(exact["eval_loss"], rel=0.05)
+    assert main([str(run), "--quantize", "int4", "eval_batches=1"]) == 0
+    assert json.loads(capsys.readouterr().out)["quantize"] == "int4"
