@@ -21,6 +21,7 @@ SUITE_MODULES: dict[str, str] = {
     "models": "jaxflash.bench.models",
     "train": "jaxflash.bench.train",
     "inference": "jaxflash.bench.inference",
+    "quant": "jaxflash.bench.quant",
 }
 
 
