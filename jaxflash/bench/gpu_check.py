@@ -36,7 +36,18 @@ OUT_ENV_VAR = "JAXFLASH_GPU_CHECK_OUT"
 
 # What a short GPU session should see first: the kernels with compiled checks not yet passed on a GPU
 # (BENCHMARKS.md lists which), then attention, then the suites without kernels of their own.
-GPU_ORDER = ("fftconv", "monarch", "attention", "matmul", "models", "train", "inference", "quant", "ws")
+GPU_ORDER = (
+    "fftconv",
+    "monarch",
+    "attention",
+    "matmul",
+    "models",
+    "train",
+    "inference",
+    "quant",
+    "offload",
+    "ws",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ SUITE_MODULES: dict[str, str] = {
     "train": "jaxflash.bench.train",
     "inference": "jaxflash.bench.inference",
     "quant": "jaxflash.bench.quant",
+    "offload": "jaxflash.bench.offload",
 }
 
 
