@@ -7,8 +7,9 @@ device"): four layers' worth, of which the engine holds two (the current and the
 case generates ``max_new_tokens`` tokens greedily after a 64-token prompt for a block of
 ``gpu_batch_size * num_gpu_batches`` sequences (caches and hidden states on the host). Columns: where
 the weights live, the device budget, the meter's peak
-(:class:`~jaxflash.inference.offload.OffloadStats`) and the bytes each call loads. On a CPU-only machine "device" and "host" are the same memory, so this measures the schedule's
-overhead (copies, memmap reads, threads), not a PCIe link; see the module docstring of the engine.
+(:class:`~jaxflash.inference.offload.OffloadStats`) and the bytes each call loads. On a CPU-only
+machine "device" and "host" are the same memory, so this measures the schedule's overhead (copies,
+memmap reads, threads), not a PCIe link; see the module docstring of the engine.
 """
 
 from __future__ import annotations
