@@ -22,7 +22,9 @@ def _blocks() -> dict[str, str]:
 
 
 def test_the_readme_has_the_examples():
-    assert {"Example", "Models", "Train", "Checkpoints", "Inference"} <= set(_blocks())
+    assert {"Example", "Models", "Train", "Checkpoints", "Inference", "Quantization and offloading"} <= set(
+        _blocks()
+    )
 
 
 def test_op_example(capsys):
@@ -77,3 +79,23 @@ def test_inference_example(capsys):
         assert shared.tokens[b, : int(shared.lengths[b])].tolist() == same.tokens[b, start:n].tolist()
     assert scope["samples"].tokens.shape == (8, 7)
     assert "relative l2 error" in capsys.readouterr().out
+
+
+def test_quantization_and_offloading_example(capsys):
+    """ScaleSearch lowers the error; PTQ quantizes every Linear kernel; the offloaded engine's greedy
+    tokens are generate's; the policy search prints a policy."""
+    import numpy as np
+
+    from jaxflash.inference import generate
+
+    scope: dict = {}
+    exec(_blocks()["Quantization and offloading"], scope)
+    assert scope["q"].codes.shape == (64, 128) and scope["q"].scales.shape == (64, 16)
+    base, searched = (float(e) for e in scope["err"])
+    assert searched < base
+    assert len(scope["report"].paths) > 0
+    expected = np.asarray(generate(scope["gpt"], scope["prompts"], 6, temperature=0.0).tokens)[:, 4:10]
+    np.testing.assert_array_equal(scope["tokens"], expected)
+    assert scope["stats"].disk_to_device_bytes > 0
+    out = capsys.readouterr().out
+    assert "4.5" in out and "--percent" in out
