@@ -10,12 +10,17 @@ the weights live, the device budget, the meter's peak
 (:class:`~jaxflash.inference.offload.OffloadStats`) and the bytes each call loads. On a CPU-only
 machine "device" and "host" are the same memory, so this measures the schedule's overhead (copies,
 memmap reads, threads), not a PCIe link; see the module docstring of the engine.
+
+The last cases put FlexGen's cost model (:mod:`jaxflash.inference.cost_model`) against the engine: the
+hardware constants measured on this machine (:func:`calibrated_hardware`), five placements of the same
+block, the model's predicted time of one ``generate`` call beside the measured one.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import math
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -135,8 +140,118 @@ def _cases(sizes: Sequence[int] | None, quick: bool) -> list[Case]:
     return cases
 
 
+# --- the cost model against the engine ---------------------------------------------------------------
+
+# Five placements for the same block (FlexGen --percent: weight GPU/CPU, cache GPU/CPU, hidden GPU/CPU).
+COST_MODEL_POLICIES = {
+    "w host, cache host": (0, 100, 0, 100, 0, 100),
+    "w disk, cache host": (0, 0, 0, 100, 0, 100),
+    "w 50% device, 50% host": (50, 50, 0, 100, 0, 100),
+    "w 25/25/50, cache device": (25, 25, 100, 0, 100, 0),
+    "all on device": (100, 0, 100, 0, 100, 0),
+}
+
+
+def _rate(fn, nbytes: float, repeats: int = 5) -> float:
+    import time
+
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best
+
+
+@functools.cache
+def calibrated_hardware(dtype_bytes: int = 4):
+    """FlexGen's :class:`~jaxflash.inference.cost_model.Hardware` measured on this machine: host->device
+    ``jax.device_put`` and device->host copies, ``numpy.memmap`` reads and writes, and matmul rates.
+    FlexGen's byte terms count fp16 values; a model of ``dtype_bytes``-byte values moves
+    ``dtype_bytes / 2`` times as many bytes, so the measured bandwidths are divided by that."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxflash.inference.cost_model import Hardware
+
+    scale = dtype_bytes / 2
+    host = np.random.default_rng(0).standard_normal(1 << 23).astype(np.float32)  # 32 MB
+    device = jax.device_put(host)
+    ctog = _rate(lambda: jax.block_until_ready(jax.device_put(host)), host.nbytes)
+    gtoc = _rate(lambda: np.asarray(device + 0), host.nbytes)
+    directory = tempfile.mkdtemp(prefix="jaxflash-bench-calibrate-")
+    path = f"{directory}/probe.bin"
+
+    def write():
+        mm = np.memmap(path, dtype=host.dtype, mode="w+", shape=host.shape)
+        mm[...] = host
+        mm.flush()
+
+    ctod = _rate(write, host.nbytes)
+    dtoc = _rate(lambda: np.array(np.memmap(path, dtype=host.dtype, mode="r", shape=host.shape)), host.nbytes)
+    shutil.rmtree(directory, ignore_errors=True)
+    a = jnp.ones((256, 256), jnp.float32)
+    mm = _rate(lambda: jax.block_until_ready(a @ a), 2 * 256**3)
+    b = jnp.ones((8, 64, 32), jnp.float32)
+    bmm = _rate(lambda: jax.block_until_ready(jnp.einsum("bqd,bkd->bqk", b, b)), 2 * 8 * 64 * 64 * 32)
+    big = 1e15  # memory is not the constraint being checked here
+    return Hardware(
+        ctog_bdw=ctog / scale,
+        gtoc_bdw_cache=gtoc / scale,
+        gtoc_bdw_hidden=gtoc / scale,
+        dtoc_bdw=dtoc / scale,
+        ctod_bdw_cache_p=ctod / scale,
+        ctod_bdw_hidden_p=ctod / scale,
+        ctod_bdw_g=ctod / scale,
+        mm_flops_p=mm,
+        mm_flops_g=mm,
+        bmm_flops_p=bmm,
+        bmm_flops_g=bmm,
+        cpu_flops=bmm,
+        gpu_mem=big,
+        cpu_mem=big,
+        nvme_mem=big,
+    )
+
+
+def _cost_model_case(quick: bool, new: int, name: str) -> Case:
+    from jaxflash.inference.cost_model import Policy, Workload, predict
+
+    model = _model(quick)
+    c = model.config
+    workload = Workload(c.n_layers, c.d_model, c.ffn_dim, c.attention.num_heads, PROMPT, new)
+    policy = Policy.from_percent(GBS, NB, COST_MODEL_POLICIES[name])
+    predicted = predict(policy, workload, calibrated_hardware())
+
+    def setup():
+        from jaxflash.inference.offload import OffloadedLM
+
+        engine = OffloadedLM(model, policy, offload_dir=tempfile.mkdtemp(prefix="jaxflash-bench-offload-"))
+        atexit.register(engine.close)
+        prompts = _prompts()
+        return lambda: engine.generate(prompts, new)[0]
+
+    config = {
+        "policy": name,
+        "percent": " ".join(str(p) for p in COST_MODEL_POLICIES[name]),
+        "new tokens": new,
+        "predicted ms": f"{1e3 * predicted.total_time:.1f}",
+    }
+    return Case(
+        config=config, candidates=(Candidate("offloaded (measured)", setup),), baseline="offloaded (measured)"
+    )
+
+
+def _all_cases(sizes: Sequence[int] | None, quick: bool) -> list[Case]:
+    cases = _cases(sizes, quick)
+    new = (sizes or (QUICK_SIZES if quick else DEFAULT_SIZES))[0]
+    names = list(COST_MODEL_POLICIES)[:2] if quick else list(COST_MODEL_POLICIES)
+    return cases + [_cost_model_case(quick, new, name) for name in names]
+
+
 SUITE = Suite(
     name="offload",
     description="FlexGen-style offloaded generation (model 4x the device budget) vs in-memory generate",
-    cases=_cases,
+    cases=_all_cases,
 )
