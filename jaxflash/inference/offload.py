@@ -169,25 +169,6 @@ class _Store:
                 pathlib.Path(path).unlink(missing_ok=True)
 
 
-def _check_directory(directory: str | os.PathLike | None) -> pathlib.Path:
-    path = (
-        pathlib.Path(directory)
-        if directory is not None
-        else pathlib.Path(tempfile.mkdtemp(prefix="jaxflash-offload-"))
-    )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".jaxflash-write-probe"
-        probe.write_bytes(b"0")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(
-            f"offload_dir={str(path)!r} is not a writable directory ({e.strerror or e}); name a directory "
-            "this process can create files in, or give offload_dir=None for a temporary one"
-        ) from None
-    return path
-
-
 class _Shell(nnx.Module):
     """The LM without its blocks: embedding (and learned positions), final norm and the tied head. It
     shares those modules with the model and calls the model's own ``embed_tokens`` and ``head``."""
