@@ -33,7 +33,12 @@ _PUBLIC: dict[str, str] = {
 }
 
 # Modules whose import registers implementations with the dispatcher.
-_OP_MODULES = ("jaxflash.ops.attention", "jaxflash.ops.fftconv", "jaxflash.ops.monarch")
+_OP_MODULES = (
+    "jaxflash.ops.attention",
+    "jaxflash.ops.fftconv",
+    "jaxflash.ops.monarch",
+    "jaxflash.quant.matmul",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -9,9 +9,11 @@
 
 Encoders round to nearest, ties to even, as ``ml_dtypes`` does, and **saturate** where a value is beyond
 the largest finite one (the OCP MX rule for conversions; ``ml_dtypes`` instead gives NaN for E4M3). Every
-function is ``jnp`` only, so it runs under ``jit`` on any backend and inside kernels.
+function is ``jnp`` only; the decoders use shifts, bitcasts and ``where`` (no table gather), so the
+Pallas kernels of :mod:`jaxflash.pallas_kernels.quant_matmul` call them in registers.
 """
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, UInt8
 
@@ -25,10 +27,19 @@ E8M0_BIAS = 127
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
+def _pow2(exponent: jax.Array) -> jax.Array:
+    """``2^exponent`` in f32 for int32 exponents in the normal range ``[-126, 127]``, from the bits."""
+    return jax.lax.bitcast_convert_type((exponent + 127) << 23, jnp.float32)
+
+
 def e2m1_decode(codes: UInt8[Array, "*s"]) -> Float[Array, "*s"]:
-    """The f32 value of each E2M1 code (low 4 bits of ``codes``)."""
-    table = jnp.asarray(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), jnp.float32)
-    return table[(codes & 0xF).astype(jnp.int32)]
+    """The f32 value of each E2M1 code (low 4 bits of ``codes``): ``0, 0.5, 1, 1.5, 2, 3, 4, 6`` and
+    their negatives. Shifts and ``where`` only (no table gather), so kernels can call it."""
+    code = codes.astype(jnp.int32) & 0xF
+    exponent = (code >> 1) & 0x3
+    half = (code & 0x1).astype(jnp.float32) * 0.5
+    magnitude = jnp.where(exponent == 0, half, (1.0 + half) * _pow2(jnp.maximum(exponent, 1) - 1))
+    return jnp.where((code & 0x8) != 0, -magnitude, magnitude)
 
 
 def e2m1_encode(x: Float[Array, "*s"]) -> UInt8[Array, "*s"]:
@@ -47,15 +58,14 @@ def e2m1_encode(x: Float[Array, "*s"]) -> UInt8[Array, "*s"]:
 
 
 def e4m3_decode(codes: UInt8[Array, "*s"]) -> Float[Array, "*s"]:
-    """The f32 value of each E4M3 code; ``0x7F`` and ``0xFF`` are NaN."""
-    codes = codes.astype(jnp.int32)
-    sign = jnp.where(codes & 0x80, -1.0, 1.0)
-    exponent = (codes >> 3) & 0xF
-    mantissa = (codes & 0x7).astype(jnp.float32)
-    normal = jnp.ldexp(1.0 + mantissa / 8, exponent - 7)
-    subnormal = jnp.ldexp(mantissa, -9)
-    value = sign * jnp.where(exponent == 0, subnormal, normal)
-    return jnp.where((codes & 0x7F) == E4M3_NAN, jnp.nan, value)
+    """The f32 value of each E4M3 code; ``0x7F`` and ``0xFF`` are NaN (kernel-safe, as e2m1_decode)."""
+    code = codes.astype(jnp.int32)
+    exponent = (code >> 3) & 0xF
+    mantissa = (code & 0x7).astype(jnp.float32)
+    normal = (1.0 + mantissa * 0.125) * _pow2(jnp.maximum(exponent, 1) - 7)
+    magnitude = jnp.where(exponent == 0, mantissa * (2.0**-9), normal)
+    value = jnp.where((code & 0x80) != 0, -magnitude, magnitude)
+    return jnp.where((code & 0x7F) == E4M3_NAN, jnp.nan, value)
 
 
 def e4m3_encode_positive(v: Float[Array, "*s"]) -> UInt8[Array, "*s"]:
@@ -78,10 +88,13 @@ def e4m3_encode_positive(v: Float[Array, "*s"]) -> UInt8[Array, "*s"]:
 
 
 def e8m0_decode(codes: UInt8[Array, "*s"]) -> Float[Array, "*s"]:
-    """``2^(code - 127)`` in f32; ``0xFF`` is NaN. Code 0, ``2^-127``, is an f32 subnormal: XLA flushes
-    it to 0, which only a block of values below ``2^-125`` (f32 subnormals themselves) would use."""
-    codes = codes.astype(jnp.int32)
-    return jnp.where(codes == E8M0_NAN, jnp.nan, jnp.ldexp(jnp.float32(1.0), codes - E8M0_BIAS))
+    """``2^(code - 127)`` in f32 from the bits; ``0xFF`` is NaN. Code 0, ``2^-127``, is an f32 subnormal,
+    which XLA flushes to zero anyway: it decodes as 0 (only a block of values below ``2^-125``, f32
+    subnormals themselves, would use it)."""
+    code = codes.astype(jnp.int32)
+    value = jax.lax.bitcast_convert_type(code << 23, jnp.float32)
+    value = jnp.where(code == 0, 0.0, value)
+    return jnp.where(code == E8M0_NAN, jnp.nan, value)
 
 
 def e8m0_from_exponent(exponent: Array) -> UInt8[Array, "*s"]:

@@ -13,6 +13,8 @@ Two hooks of the pinned jax 0.11.2 (constraints.txt) are patched for the duratio
   ``"gpu"``.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -101,6 +103,19 @@ def test_monarch_kernel_lowers_to_triton(as_gpu):
 
     x, w = spec((256, 1024)), spec((32, 32, 32))
     assert triton_calls(with_grads(monarch, (0, 1, 2)), x, w, w) >= 2
+
+
+@pytest.mark.parametrize("fmt", ["int4", "mxfp4", "nvfp4"])
+def test_quantized_matmul_kernel_lowers_to_triton(as_gpu, fmt):
+    from jaxflash import quant
+
+    w = quant.quantize(jax.random.normal(jax.random.key(0), (256, 128)), fmt, axis=0)
+
+    def matmul(x, codes, scales):
+        q = dataclasses.replace(w, codes=codes, scales=scales)
+        return quant.quantized_matmul(x, q, implementation="pallas")
+
+    assert triton_calls(matmul, spec((32, 256)), w.codes, w.scales) == 1
 
 
 @pytest.mark.parametrize("block_rows,programs", [(4, 2), (2, 4)])  # 8 batch rows in blocks of block_rows
