@@ -24,9 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxflash.bench.harness import Candidate, Case, Suite
+from jaxflash.bench.harness import Candidate, Case, GpuCheck, Suite
 
-GPU_CHECKS: tuple = ()  # no Pallas kernels in this suite yet
 GPU_SIZES = None
 SAMPLES = ("normal", "student-t3", "laplace", "outlier", "weights", "activations")
 QUICK_SAMPLES = ("normal", "outlier")
@@ -158,4 +157,36 @@ SUITE = Suite(
     name="quant",
     description="MXFP4 / NVFP4 quantization error, max-based scales vs ScaleSearch, and the time of each",
     cases=_cases,
+)
+
+
+def check_quantized_matmul(
+    fmt: str, m: int, k: int, n: int, dtype: str, implementation: str = "pallas"
+) -> dict[str, float]:
+    """The compiled W4 kernel (``quantized_matmul(implementation="pallas")``) against the dequantize-then-
+    dot reference on unit-scale inputs; returns the error, raises AssertionError past the tolerance."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxflash import quant
+    from jaxflash.testing import tolerance
+
+    keys = jax.random.split(jax.random.key(0), 2)
+    x = jax.random.normal(keys[0], (m, k)).astype(dtype)
+    w = quant.quantize(jax.random.normal(keys[1], (k, n)) * k**-0.5, fmt, axis=0)
+    got = quant.quantized_matmul(x, w, implementation=implementation).astype(jnp.float32)
+    want = quant.quantized_matmul(x, w, implementation="reference").astype(jnp.float32)
+    err = float(jnp.max(jnp.abs(got - want)))
+    atol = tolerance(jnp.dtype(dtype), scale=4.0)["atol"]
+    assert err <= atol, f"quantized_matmul {fmt} {dtype}: max abs error {err:.3g} > {atol:.3g}"
+    return {"max_abs_err": err, "atol": atol}
+
+
+GPU_CHECKS = tuple(
+    GpuCheck(
+        f"quantized_matmul W4 kernel {fmt} {dtype} {m}x{k}x{n}",
+        functools.partial(check_quantized_matmul, fmt, m, k, n, dtype),
+    )
+    for fmt in ("int4", "mxfp4", "nvfp4")
+    for m, k, n, dtype in ((16, 1024, 1024, "float32"), (256, 4096, 4096, "bfloat16"))
 )

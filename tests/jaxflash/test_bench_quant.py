@@ -57,3 +57,11 @@ def test_weights_and_activations_of_a_run(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name", ["normal", "outlier"])
 def test_samples_are_seeded(name):
     np.testing.assert_array_equal(bench_quant.sample(name, 512), bench_quant.sample(name, 512))
+
+
+def test_the_gpu_checks_body_passes_in_interpret_mode():
+    """What ``make gpu-check`` runs compiled, here through the interpreter at a small size."""
+    assert len(bench_quant.GPU_CHECKS) == 6
+    for fmt in ("int4", "mxfp4", "nvfp4"):
+        result = bench_quant.check_quantized_matmul(fmt, 16, 256, 64, "float32", "pallas_interpret")
+        assert result["max_abs_err"] <= result["atol"]
