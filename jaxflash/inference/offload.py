@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -201,6 +202,23 @@ def _check_directory(directory: str | os.PathLike | None) -> pathlib.Path:
     return path
 
 
+@functools.cache
+def _block_programs(graphdef: Any, treedef: Any, max_len: int) -> tuple[Any, Any]:
+    """The jitted decode step and prefill of a block structure, shared by every engine that has it (a
+    second engine over the same model compiles nothing)."""
+
+    def block(leaves):
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+    step = jax.jit(lambda leaves, x, state: block(leaves).step(x, state))
+    prefill = jax.jit(lambda leaves, x: block(leaves).prefill(x, max_len))
+    return step, prefill
+
+
+_EMBED = nnx.jit(lambda shell, tokens, positions: shell.embed_tokens(tokens, positions))
+_HEAD = nnx.jit(lambda shell, x: shell.head(x))
+
+
 class OffloadedLM:
     """A decoder LM (``LanguageModel``, ``M2GPT``) whose blocks, decode states and hidden states live on
     the tiers ``policy`` names (module docstring).
@@ -278,14 +296,8 @@ class OffloadedLM:
                     "or the batch"
                 )
 
-        def block(leaves):
-            return nnx.merge(graphdef, jax.tree.unflatten(self._treedef, leaves))
-
-        max_len_ = self.max_len
-        self._step = jax.jit(lambda leaves, x, s: block(leaves).step(x, s))
-        self._prefill = jax.jit(lambda leaves, x: block(leaves).prefill(x, max_len_))
-        self._embed = nnx.jit(lambda shell, tokens, positions: shell.embed_tokens(tokens, positions))
-        self._head = nnx.jit(lambda shell, x: shell.head(x))
+        self._step, self._prefill = _block_programs(graphdef, self._treedef, self.max_len)
+        self._embed, self._head = _EMBED, _HEAD
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if self.overlap else None
 
     # --- placement and memory --------------------------------------------------------------------------
