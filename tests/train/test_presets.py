@@ -101,6 +101,11 @@ def test_mqar_presets_share_the_starter_recipe():
         assert (c.model.d_model, c.model.vocab_size, c.model.max_seq_len) == (128, 256, 64), name
     h3 = presets.get("mqar_h3").model.h3
     assert (h3.d_state, h3.head_dim) == (64, 2)
+    # Figure 2's 100K examples (the starter's 10K leave attention at 0.25, REPRODUCTIONS.md); zoology's
+    # Hyena filter defaults (emb_dim 3, w 1).
+    assert (reference.data.num_examples, reference.batch_size) == (100_000, 128)
+    hyena = presets.get("mqar_hyena").model.hyena
+    assert (hyena.emb_dim, hyena.sine_freq, hyena.filter_order) == (3, 1.0, 64)
 
 
 def test_parcae_linear_differs_from_lm_parcae_in_the_injection_only():
