@@ -154,7 +154,8 @@ def test_predict_equals_lp_objective(model, gbs, nb, compress_cache):
     np.testing.assert_allclose(pred.total_time / policy.block_size, res.fun, rtol=1e-8)
     assert pred.fits
     # predict at the LP's own optimum, with its per-layer time variables, gives the same times.
-    raw = cm._policy(res.x, gbs, nb, workload)
+    fractions = (float(v) for v in np.clip(res.x[:9], 0.0, 1.0))
+    raw = Policy(gbs, nb, *fractions, compress_weight=False, compress_cache=compress_cache)
     raw_pred = cm.predict(raw, workload, T4)
     np.testing.assert_allclose([raw_pred.prefill_time, raw_pred.decode_time], res.x[-2:], rtol=1e-8)
 
