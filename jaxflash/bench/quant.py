@@ -77,10 +77,11 @@ def _trained_sample(name: str, path: pathlib.Path) -> np.ndarray | None:
     if name == "weights":
         from flax import nnx
 
+        from jaxflash.quant.ptq import kernel_name
+
         kernels = []
         for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
-            names = [str(getattr(k, "key", getattr(k, "name", k))) for k in p]
-            if "kernel" in names and v.ndim == 2 and v.shape[0] % 32 == 0:
+            if kernel_name(p, v) is not None and v.shape[0] % 32 == 0:
                 # Rows of 32 inputs of one output each: blocks along the inputs, as quantize_kernels has.
                 kernels.append(np.asarray(v, np.float32).T.reshape(-1, 32))
         return np.concatenate(kernels)

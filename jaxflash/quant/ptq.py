@@ -37,6 +37,15 @@ def _names(path: tuple[Any, ...]) -> list[str]:
     return names[:-1] if names and names[-1] == "value" else names
 
 
+def kernel_name(path: tuple[Any, ...], value: Any) -> str | None:
+    """The dotted name of a pytree leaf that is a Linear layer's 2-D ``kernel``, else None: the rule
+    of what W4 post-training quantization quantizes."""
+    names = _names(path)
+    if names and names[-1] == "kernel" and getattr(value, "ndim", 0) == 2:
+        return ".".join(names)
+    return None
+
+
 def quantize_kernels(params: Any, format: str, **kwargs) -> tuple[Any, QuantizationReport]:
     """``params`` (an ``nnx.State`` or any pytree) with every 2-D ``kernel`` round-tripped through
     ``format`` along axis 0 (a Linear's inputs), and the report. ``kwargs`` go to
@@ -45,12 +54,12 @@ def quantize_kernels(params: Any, format: str, **kwargs) -> tuple[Any, Quantizat
 
     def convert(path, value):
         nonlocal elements, bits, error
-        names = _names(path)
-        if not (names and names[-1] == "kernel" and getattr(value, "ndim", 0) == 2):
+        name = kernel_name(path, value)
+        if name is None:
             return value
         q = quantize(value, format, axis=0, **kwargs)
         restored = dequantize(q, value.dtype)
-        paths.append(".".join(names))
+        paths.append(name)
         elements += value.size
         bits += 8 * q.nbytes
         error += float(jnp.sum((restored.astype(jnp.float32) - value.astype(jnp.float32)) ** 2))
