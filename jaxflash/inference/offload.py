@@ -19,9 +19,11 @@ they are decompressed on the device.
 
 Device memory is *accounted*: every array the engine holds on the device tier (resident weights, the
 embedding and head, resident caches and hidden states, and whatever is loaded for the current layer and
-prefetched for the next) is added to a meter when it arrives and removed when it is dropped;
-``stats.device_peak_bytes`` is the meter's peak, and the engine refuses a policy whose worst case
-exceeds ``device_budget`` before it starts. Greedy decoding only (FlexGen's benchmark setting).
+prefetched for the next) is added to a meter when it arrives and removed when it is dropped, and so is
+the XLA workspace of the layer being computed (the temporaries its compiled program allocates, from
+XLA's memory analysis, while it runs); ``stats.device_peak_bytes`` is the meter's peak, and the engine
+refuses a policy whose worst case exceeds ``device_budget`` before it starts. Greedy decoding only
+(FlexGen's benchmark setting).
 """
 
 from __future__ import annotations
@@ -215,6 +217,24 @@ def _block_programs(graphdef: Any, treedef: Any, max_len: int) -> tuple[Any, Any
     return step, prefill
 
 
+_WORKSPACES: dict[Any, int] = {}
+
+
+def _workspace(program: Any, *specs: Any) -> int:
+    """Bytes of XLA temporaries ``program`` allocates for arguments of these shapes (its compiled
+    memory analysis, cached per program and shapes; 0 where the backend reports none)."""
+    leaves, treedef = jax.tree.flatten(specs)
+    key = (program, treedef, tuple(leaves))
+    if key not in _WORKSPACES:
+        analysis = program.lower(*specs).compile().memory_analysis()
+        _WORKSPACES[key] = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+    return _WORKSPACES[key]
+
+
+def _specs(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
 _EMBED = nnx.jit(lambda shell, tokens, positions: shell.embed_tokens(tokens, positions))
 _HEAD = nnx.jit(lambda shell, x: shell.head(x))
 
@@ -278,11 +298,14 @@ class OffloadedLM:
                 raise ValueError("OffloadedLM needs blocks of one structure (every layer the same mixer)")
             self._layers.append(self._place_layer(jax.tree.leaves(block_state)))
         self.layer_bytes = _nbytes(state)
+        self._leaf_specs = tuple(_specs(jax.tree.leaves(state)))
         self.model_bytes = self.shell_bytes + len(self._layers) * self.layer_bytes
         self.resident_weight_bytes = self.meter.now - self.shell_bytes
         self._state_def = jax.tree.structure(
             jax.eval_shape(lambda: model.blocks[0].init_state(1, self.max_len))
         )
+        self._step, self._prefill = _block_programs(graphdef, self._treedef, self.max_len)
+        self._embed, self._head = _EMBED, _HEAD
         if device_budget is not None:
             worst = self.worst_case_device_bytes()
             if worst > device_budget:
@@ -290,14 +313,12 @@ class OffloadedLM:
                 raise ValueError(
                     f"device_budget={device_budget} bytes is too small for this policy, which may hold "
                     f"{worst} bytes on the device (embedding and head {self.shell_bytes}, resident weights "
-                    f"{self.resident_weight_bytes}, loaded layers, caches and hidden states); the minimum "
-                    f"for any policy on this model is {self.minimum_device_bytes()} bytes (everything "
-                    "offloaded, one sequence a GPU batch, no overlap). Raise the budget or lower wg, cg, hg "
-                    "or the batch"
+                    f"{self.resident_weight_bytes}, loaded layers, caches, hidden states and XLA's "
+                    f"workspace); the minimum for any policy on this model is {self.minimum_device_bytes()} "
+                    "bytes (everything offloaded, one sequence a GPU batch, no overlap). Raise the budget "
+                    "or lower wg, cg, hg or the batch"
                 )
 
-        self._step, self._prefill = _block_programs(graphdef, self._treedef, self.max_len)
-        self._embed, self._head = _EMBED, _HEAD
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if self.overlap else None
 
     # --- placement and memory --------------------------------------------------------------------------
@@ -327,10 +348,22 @@ class OffloadedLM:
             self.model.config.vocab_size * 4,
         )
 
+    def workspace_bytes(self, gpu_batch_size: int, length: int) -> int:
+        """The XLA temporaries of one layer for one GPU batch: the larger of the prefill's over
+        ``length`` positions and the decode step's (compiled memory analysis, cached per shape)."""
+        d = self.model.config.d_model
+        dtype = jnp.dtype(self.model.config.compute_dtype)
+        x = jax.ShapeDtypeStruct((gpu_batch_size, length, d), dtype)
+        token = jax.ShapeDtypeStruct((gpu_batch_size, d), dtype)  # decode feeds one position
+        state = _specs(jax.eval_shape(lambda: self.model.blocks[0].init_state(gpu_batch_size, self.max_len)))
+        leaves = list(self._leaf_specs)
+        return max(_workspace(self._prefill, leaves, x), _workspace(self._step, leaves, token, state))
+
     def worst_case_device_bytes(self, batch: int | None = None) -> int:
         """An upper bound on what this policy holds on the device for ``batch`` sequences (default one
         block): the embedding and head, resident weights, the loaded layer (and the prefetched one),
-        resident caches and hidden states, and one GPU batch's inputs, outputs and logits."""
+        resident caches and hidden states, one GPU batch's inputs, outputs and logits, and the XLA
+        workspace of its layer at the longest prompt ``max_len - 1``."""
         p = self.policy
         batch = batch or p.gpu_batch_size * p.num_gpu_batches
         gbs = min(p.gpu_batch_size, batch)
@@ -351,13 +384,15 @@ class OffloadedLM:
             + resident_hidden * hidden
             + 2 * (cache + hidden) * (1.25 if p.compress_cache else 1)
             + logits
+            + self.workspace_bytes(gbs, max(self.max_len - 1, 1))
         )
 
     def minimum_device_bytes(self) -> int:
         """The bound of :meth:`worst_case_device_bytes` for the smallest policy: everything offloaded,
         one sequence a GPU batch, no prefetch."""
         cache, hidden, logits = self._per_sequence()
-        return int(self.shell_bytes + self.layer_bytes + 2 * (cache + hidden) + logits)
+        workspace = self.workspace_bytes(1, max(self.max_len - 1, 1))
+        return int(self.shell_bytes + self.layer_bytes + 2 * (cache + hidden) + logits + workspace)
 
     # --- the zig-zag schedule --------------------------------------------------------------------------
 
@@ -440,9 +475,13 @@ class OffloadedLM:
             self.meter.remove(logits.nbytes + x.nbytes)
             return token
 
+        workspace = self.workspace_bytes(gbs, length)  # held while a layer computes
+
         def prefill(j: int, weights: list, k: int, item: _Item) -> _Item:
             x = self._consume(self._hidden, item, stats)
+            self.meter.add(workspace)
             y, state = self._prefill(weights, x)
+            self.meter.remove(workspace)
             cache_put(j, k, state)
             out = hidden_put(k, y)
             self.meter.remove(x.nbytes)
@@ -451,7 +490,9 @@ class OffloadedLM:
         def decode(j: int, weights: list, k: int, item: _Item) -> _Item:
             x = self._consume(self._hidden, item, stats)
             leaves = [self._consume(self._caches, c, stats) for c in caches[j][k]]
+            self.meter.add(workspace)
             y, state = self._step(weights, x, jax.tree.unflatten(self._state_def, leaves))
+            self.meter.remove(workspace)
             cache_put(j, k, state)
             out = hidden_put(k, y)
             self.meter.remove(x.nbytes + _nbytes(leaves))

@@ -65,16 +65,18 @@ def test_same_greedy_tokens_as_in_memory_generation(model, prompts, expected, tm
 
 
 def test_a_device_budget_smaller_than_the_model_is_honoured(prompts, tmp_path):
-    config = LMConfig(vocab_size=64, d_model=32, n_layers=8, max_seq_len=32, mixer="attention")
+    config = LMConfig(vocab_size=64, d_model=32, n_layers=16, max_seq_len=32, mixer="attention")
     model = LanguageModel(config, rngs=nnx.Rngs(1))
     model.eval()
     expected = np.asarray(generate(model, prompts, NEW, temperature=0.0).tokens)[:, PROMPT : PROMPT + NEW]
     policy = _policy(2, 2, (0, 0.5, 0.5), (0, 1, 0), (0, 1))
     probe = OffloadedLM(model, policy, offload_dir=tmp_path)
     budget = probe.worst_case_device_bytes()
+    # The bound counts the layer's XLA workspace, which the meter holds while the layer computes.
+    assert 0 < probe.workspace_bytes(2, PROMPT) <= probe.workspace_bytes(2, config.max_seq_len - 1)
     probe.close()
     engine = OffloadedLM(model, policy, offload_dir=tmp_path, device_budget=budget)
-    assert budget < engine.model_bytes / 2
+    assert budget < engine.model_bytes / 3
     tokens, stats = engine.generate(prompts, NEW)
     np.testing.assert_array_equal(tokens, expected)
     assert stats.device_peak_bytes <= budget
