@@ -56,6 +56,8 @@ class Case:
       baseline: the candidate name ratios are taken against.
       reference: optional; returns the exact answer (float64) for the max-error column.
       flops: optional; floating-point operations of one call, for a GFLOP/s column.
+      rate: optional ``(unit, count)``: ``count`` things of ``unit`` per call (``("token", 128)``), for
+        a rate column (``token/s``), when the cases of a suite do different amounts of work.
     """
 
     config: dict[str, Any]
@@ -63,6 +65,7 @@ class Case:
     baseline: str
     reference: Callable[[], np.ndarray] | None = None
     flops: float | None = None
+    rate: tuple[str, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +102,7 @@ class Result:
     peak_mib: float | None = None
     max_error: float | None = None
     gflops: float | None = None
+    rate: str | None = None  # e.g. "412 token/s"
 
 
 def missing_requirement(candidate: Candidate) -> str | None:
@@ -185,6 +189,9 @@ def run_suite(
                     res.max_error = max_error(out, reference)
                 if case.flops:
                     res.gflops = case.flops / res.median_s / 1e9
+                if case.rate:
+                    unit, count = case.rate
+                    res.rate = f"{count / res.median_s:.4g} {unit}/s"
                 del thunk, out
             except NotImplementedError as e:
                 res.status = f"skipped: {e}".splitlines()[0]
@@ -311,8 +318,10 @@ def markdown_table(results: Sequence[Result], baseline_of: dict[str, str] | None
     has_err = any(r.max_error is not None for r in results)
     has_mem = any(r.peak_mib is not None for r in results)
     has_flops = any(r.gflops is not None for r in results)
+    has_rate = any(r.rate is not None for r in results)
     header = [*config_keys, "candidate", "median ms", "speedup vs baseline"]
-    header += ["GFLOP/s"] * has_flops + ["peak MiB"] * has_mem + ["max abs err"] * has_err + ["status"]
+    header += ["GFLOP/s"] * has_flops + ["rate"] * has_rate
+    header += ["peak MiB"] * has_mem + ["max abs err"] * has_err + ["status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         row = [str(r.config.get(k, "")) for k in config_keys]
@@ -320,6 +329,8 @@ def markdown_table(results: Sequence[Result], baseline_of: dict[str, str] | None
         row += ["" if r.speedup is None else f"{r.speedup:.2f}x"]
         if has_flops:
             row.append("" if r.gflops is None else f"{r.gflops:.1f}")
+        if has_rate:
+            row.append(r.rate or "")
         if has_mem:
             row.append("" if r.peak_mib is None else f"{r.peak_mib:.1f}")
         if has_err:

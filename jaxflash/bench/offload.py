@@ -19,9 +19,11 @@ block, the model's predicted time of one ``generate`` call beside the measured o
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import math
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 
@@ -44,7 +46,7 @@ def _model(quick: bool):
 
     from jaxflash.models import LanguageModel, LMConfig
 
-    width = 128 if quick else 256
+    width = 256  # quick runs too: at width 128 the activations outweigh a quarter of the weights
     config = LMConfig(
         vocab_size=256,
         d_model=width,
@@ -78,18 +80,31 @@ def _policy(where: str):
     return Policy(GBS, NB, *PLACEMENTS[where], 0.0, 1.0, 0.0, 0.0, 1.0, 0.0)  # cache, hidden on the host
 
 
+@functools.cache
+def device_budget(quick: bool) -> int:
+    """The offloaded engines' device budget: a quarter of the model's bytes."""
+    from jaxflash.inference.offload import OffloadedLM
+
+    directory = tempfile.mkdtemp(prefix="jaxflash-bench-offload-")
+    probe = OffloadedLM(_model(quick), _policy("host"), offload_dir=directory)
+    budget = probe.model_bytes // 4
+    probe.close()
+    shutil.rmtree(directory, ignore_errors=True)
+    return budget
+
+
 def engine(quick: bool, where: str, overlap: bool):
     """The offloaded engine of a case, its budget a quarter of the model's bytes."""
     from jaxflash.inference.offload import OffloadedLM
 
-    model = _model(quick)
     directory = tempfile.mkdtemp(prefix="jaxflash-bench-offload-")
-    probe = OffloadedLM(model, _policy(where), offload_dir=directory, overlap=overlap)
-    budget = probe.model_bytes // 4
-    probe.close()
-    shutil.rmtree(directory, ignore_errors=True)
-    directory = tempfile.mkdtemp(prefix="jaxflash-bench-offload-")
-    return OffloadedLM(model, _policy(where), offload_dir=directory, overlap=overlap, device_budget=budget)
+    return OffloadedLM(
+        _model(quick),
+        _policy(where),
+        offload_dir=directory,
+        overlap=overlap,
+        device_budget=device_budget(quick),
+    )
 
 
 def _offloaded(quick: bool, new: int, where: str, overlap: bool):
@@ -215,39 +230,194 @@ def calibrated_hardware(dtype_bytes: int = 4):
     )
 
 
-def _cost_model_case(quick: bool, new: int, name: str) -> Case:
-    from jaxflash.inference.cost_model import Policy, Workload, predict
+def workload(quick: bool, new: int):
+    """The bench model's :class:`~jaxflash.inference.cost_model.Workload`: the engine attends on the
+    device over a cache it loads whole (``cpu_cache_compute=False``)."""
+    from jaxflash.inference.cost_model import Workload
 
-    model = _model(quick)
-    c = model.config
-    workload = Workload(c.n_layers, c.d_model, c.ffn_dim, c.attention.num_heads, PROMPT, new)
-    policy = Policy.from_percent(GBS, NB, COST_MODEL_POLICIES[name])
-    predicted = predict(policy, workload, calibrated_hardware())
+    c = _model(quick).config
+    return Workload(
+        c.n_layers, c.d_model, c.ffn_dim, c.attention.num_heads, PROMPT, new, cpu_cache_compute=False
+    )
+
+
+def _measured_seconds(policy, new: int, quick: bool, repeats: int) -> float:
+    """The best of ``repeats`` timed ``generate`` calls (after one warm-up) of one block of ``policy``."""
+    import time
+
+    from jaxflash.inference.offload import OffloadedLM
+
+    directory = tempfile.mkdtemp(prefix="jaxflash-bench-offload-")
+    engine = OffloadedLM(_model(quick), policy, offload_dir=directory)
+    prompts = np.random.default_rng(1).integers(256, size=(policy.block_size, PROMPT)).astype(np.int32)
+    try:
+        engine.generate(prompts, new)
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            engine.generate(prompts, new)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        engine.close()
+        shutil.rmtree(directory, ignore_errors=True)
+    return best
+
+
+# The runs the hardware constants are fitted to (gpu batch size, GPU batches, FlexGen --percent): none
+# of them is a policy the suite then evaluates the model on.
+FIT_POLICIES = {
+    "fit: 2x1, w host": (2, 1, (0, 100, 0, 100, 0, 100)),
+    "fit: 8x1, w disk": (8, 1, (0, 0, 0, 100, 0, 100)),
+    "fit: 4x4, all on device": (4, 4, (100, 0, 100, 0, 100, 0)),
+    "fit: 16x1, w 50% device": (16, 1, (50, 50, 0, 100, 0, 100)),
+    "fit: 2x2, w 25/25/50, cache device": (2, 2, (25, 25, 100, 0, 100, 0)),
+}
+_FIT_ENV = "JAXFLASH_BENCH_OFFLOAD_FIT"  # the parent's fit, passed to the peak-memory subprocesses
+
+
+@functools.cache
+def fitted_hardware(quick: bool, new: int):
+    """:func:`calibrated_hardware` with its constants and a per-call overhead fitted
+    (:func:`~jaxflash.inference.cost_model.fit_hardware`) to measured runs of :data:`FIT_POLICIES`;
+    returns the :class:`~jaxflash.inference.cost_model.Fit`."""
+    import json
+    import os
+
+    from jaxflash.inference.cost_model import Fit, Hardware, Policy, fit_hardware
+
+    key = f"{quick}:{new}"
+    cached = json.loads(os.environ.get(_FIT_ENV, "{}")).get(key)
+    if cached is not None:
+        return Fit(Hardware(**cached["hardware"]), cached["factors"], (), ())
+    names = list(FIT_POLICIES)[:2] if quick else list(FIT_POLICIES)
+    observations = []
+    for name in names:
+        gbs, nb, percent = FIT_POLICIES[name]
+        policy = Policy.from_percent(gbs, nb, percent)
+        observations.append((policy, _measured_seconds(policy, new, quick, repeats=1 if quick else 3)))
+    fit = fit_hardware(observations, workload(quick, new), calibrated_hardware())
+    factors = ", ".join(f"{g} x{f:.3g}" for g, f in fit.factors.items())
+    errors = " / ".join(
+        f"{100 * a:+.0f}%->{100 * b:+.0f}%" for a, b in zip(fit.errors_before, fit.errors_after, strict=True)
+    )
+    print(
+        f"offload fit on {len(observations)} runs: {factors}, call overhead "
+        f"{1e3 * fit.hardware.call_overhead:.3g} ms; errors calibrated->fitted {errors}",
+        file=sys.stderr,
+    )
+    everything = json.loads(os.environ.get(_FIT_ENV, "{}"))
+    everything[key] = {"hardware": dataclasses.asdict(fit.hardware), "factors": dict(fit.factors)}
+    os.environ[_FIT_ENV] = json.dumps(everything)
+    return fit
+
+
+def _with_budget(hardware, budget: int):
+    """``hardware`` with the engine's device budget as GPU memory (in the model's fp16 byte units, as
+    :func:`calibrated_hardware` scales bandwidths) and host and disk memory to spare."""
+    return dataclasses.replace(hardware, gpu_mem=budget / 2, cpu_mem=1e12, nvme_mem=1e12)
+
+
+def _fits(quick: bool, policy, budget: int) -> bool:
+    from jaxflash.inference.offload import OffloadedLM
+
+    directory = tempfile.mkdtemp(prefix="jaxflash-bench-offload-")
+    try:
+        OffloadedLM(_model(quick), policy, offload_dir=directory, device_budget=budget).close()
+        return True
+    except ValueError:
+        return False
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _policy_case(quick: bool, new: int, name: str, policy, budget: int | None) -> Case:
+    from jaxflash.inference.cost_model import predict
+
+    work = workload(quick, new)
+    calibrated = predict(policy, work, calibrated_hardware()).total_time
+    # Peak memory does not depend on the rates: whether the search could have picked this policy.
+    admitted = predict(policy, work, _with_budget(calibrated_hardware(), device_budget(quick))).fits
+    fitted = predict(policy, work, fitted_hardware(quick, new).hardware).total_time
 
     def setup():
         from jaxflash.inference.offload import OffloadedLM
 
-        engine = OffloadedLM(model, policy, offload_dir=tempfile.mkdtemp(prefix="jaxflash-bench-offload-"))
+        engine = OffloadedLM(
+            _model(quick),
+            policy,
+            offload_dir=tempfile.mkdtemp(prefix="jaxflash-bench-offload-"),
+            device_budget=budget,
+        )
         atexit.register(engine.close)
-        prompts = _prompts()
+        prompts = np.random.default_rng(0).integers(256, size=(policy.block_size, PROMPT)).astype(np.int32)
         return lambda: engine.generate(prompts, new)[0]
 
     config = {
         "policy": name,
-        "percent": " ".join(str(p) for p in COST_MODEL_POLICIES[name]),
+        "gbs x nb": f"{policy.gpu_batch_size}x{policy.num_gpu_batches}",
+        "percent": " ".join(str(p) for p in policy.percent()),
         "new tokens": new,
-        "predicted ms": f"{1e3 * predicted.total_time:.1f}",
+        "predicted ms (calibrated)": f"{1e3 * calibrated:.1f}",
+        "predicted ms (fitted)": f"{1e3 * fitted:.1f}",
+        "fits the model's memory": "yes" if admitted else "no",
     }
     return Case(
-        config=config, candidates=(Candidate("offloaded (measured)", setup),), baseline="offloaded (measured)"
+        config=config,
+        candidates=(Candidate("offloaded (measured)", setup),),
+        baseline="offloaded (measured)",
+        rate=("token", policy.block_size * new),
     )
+
+
+def _cost_model_case(quick: bool, new: int, name: str) -> Case:
+    from jaxflash.inference.cost_model import Policy
+
+    return _policy_case(quick, new, name, Policy.from_percent(GBS, NB, COST_MODEL_POLICIES[name]), None)
+
+
+# Hand-written policies under the device budget, for the search to beat: batch shapes by placements.
+GRID_SHAPES = ((4, 2), (4, 4), (4, 8), (2, 16), (8, 4), (16, 2))
+GRID_PLACEMENTS = {
+    "w host": (0, 100, 0, 100, 0, 100),
+    "w disk": (0, 0, 0, 100, 0, 100),
+    "w 10% device": (10, 90, 0, 100, 0, 100),
+}
+MAX_BLOCK = 32  # the sequences there are to serve: the search may not plan a larger block
+
+
+def _search_cases(quick: bool, new: int) -> list[Case]:
+    """Every grid policy that fits the budget, then the policy the LP search picks, on the engine."""
+    from jaxflash.inference.cost_model import Policy, format_policy, search_policy
+
+    budget = device_budget(quick)
+    shapes = GRID_SHAPES[:1] if quick else GRID_SHAPES
+    placements = list(GRID_PLACEMENTS)[:1] if quick else list(GRID_PLACEMENTS)
+    cases = []
+    for gbs, nb in shapes:
+        for where in placements:
+            policy = Policy.from_percent(gbs, nb, GRID_PLACEMENTS[where])
+            if _fits(quick, policy, budget):
+                cases.append(_policy_case(quick, new, f"grid: {where}", policy, budget))
+    work = workload(quick, new)
+    for label, hardware in (
+        ("fitted", fitted_hardware(quick, new).hardware),
+        ("calibrated", calibrated_hardware()),
+    ):
+        found = search_policy(work, _with_budget(hardware, budget), max_block_size=MAX_BLOCK)
+        print(
+            f"offload search ({label} constants): {format_policy(found.policy, found.prediction, work)}",
+            file=sys.stderr,
+        )
+        cases.append(_policy_case(quick, new, f"search ({label} constants)", found.policy, budget))
+    return cases
 
 
 def _all_cases(sizes: Sequence[int] | None, quick: bool) -> list[Case]:
     cases = _cases(sizes, quick)
     new = (sizes or (QUICK_SIZES if quick else DEFAULT_SIZES))[0]
     names = list(COST_MODEL_POLICIES)[:2] if quick else list(COST_MODEL_POLICIES)
-    return cases + [_cost_model_case(quick, new, name) for name in names]
+    cases += [_cost_model_case(quick, new, name) for name in names]
+    return cases + _search_cases(quick, new)
 
 
 SUITE = Suite(

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import linprog
@@ -92,6 +92,10 @@ class Hardware:
 
     ``alpha_*`` is the fraction of each capacity the search may plan for: the peak-memory estimate is
     approximate, so a smaller value gives a more conservative policy.
+
+    ``call_overhead`` (seconds) is a fixed cost of every (layer, GPU batch) step that moves and
+    computes nothing: dispatch, kernel launches, synchronisation. FlexGen's model has none (0 here
+    by default); for a small model it dominates, and :func:`fit_hardware` fits it to measured runs.
     """
 
     ctog_bdw: float
@@ -115,11 +119,12 @@ class Hardware:
     alpha_g: float = 0.8
     alpha_c: float = 0.8
     alpha_n: float = 0.8
+    call_overhead: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("gpu_mem", "cpu_mem", "nvme_mem", "c1", "c2", "c3"):
+            if f.name in ("gpu_mem", "cpu_mem", "nvme_mem", "c1", "c2", "c3", "call_overhead"):
                 _check_nonnegative("Hardware", f.name, value)
             else:
                 _check_positive("Hardware", f.name, value)
@@ -176,7 +181,14 @@ _OPT_SIZES: Mapping[str, tuple[int, int, int]] = {
 @dataclasses.dataclass(frozen=True)
 class Workload:
     """A decoder's shape (``l, h1, h2, nh`` in the paper) and the request: prompt length ``s`` and
-    ``n`` generated tokens per sequence; and whether weights / KV cache are stored 4-bit."""
+    ``n`` generated tokens per sequence; whether weights / KV cache are stored 4-bit; and where decode
+    attention over the part of the cache off the GPU runs.
+
+    ``cpu_cache_compute=True`` (FlexGen's ``--cpu-cache-compute``, the only case its cost model
+    covers): on the CPU, next to the cache, so only hidden states cross the link. ``False`` (FlexGen's
+    default at run time, and what :class:`jaxflash.inference.offload.OffloadedLM` does): each step
+    loads the sequence's whole preallocated cache (``s + n`` positions) onto the GPU, attends there and
+    writes it back."""
 
     n_layers: int
     hidden_size: int
@@ -186,11 +198,12 @@ class Workload:
     gen_len: int
     compress_weight: bool = False
     compress_cache: bool = False
+    cpu_cache_compute: bool = True
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "hidden_size", "ffn_size", "n_heads", "prompt_len", "gen_len"):
             _check_count("Workload", name, getattr(self, name))
-        for name in ("compress_weight", "compress_cache"):
+        for name in ("compress_weight", "compress_cache", "cpu_cache_compute"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Workload.{name} must be a bool; got {getattr(self, name)!r}")
 
@@ -399,6 +412,7 @@ def _terms(gbs: int, bls: int, workload: Workload, hw: Hardware) -> _Terms:
     wi = layer_weight_bytes(workload)
     kv = 0.25 if workload.compress_cache else 1.0  # stored / transferred KV bytes per fp16 byte
     ctx = s + n / 2  # mean context length over the decode steps
+    zero = _Affine(np.zeros(len(_FRACTIONS)))
 
     time = {
         "ctog_p": (wi * (wc + wn) + 2 * s * h1 * bls * (hc + hn)) / hw.ctog_bdw,
@@ -407,20 +421,38 @@ def _terms(gbs: int, bls: int, workload: Workload, hw: Hardware) -> _Terms:
         "dtoc_p": (wi * wn + 2 * s * h1 * bls * hn) / hw.dtoc_bdw,
         "ctod_p": 4 * bls * (s + 1) * h1 * kv * cn / hw.ctod_bdw_cache_p
         + 2 * s * h1 * bls * hn / hw.ctod_bdw_hidden_p,
-        "comp_p": _Affine(
-            np.zeros(len(_FRACTIONS)),
-            bls * (8 * s * h1**2 + 4 * s * h1 * h2) / hw.mm_flops_p + 4 * bls * s**2 * h1 / hw.bmm_flops_p,
-        ),
-        "ctog_g": (wi * (wc + wn) + 2 * h1 * bls * (hc + hn)) / hw.ctog_bdw,
-        "gtoc_g": 2 * h1 * bls * (hc + hn) / hw.gtoc_bdw_hidden,
-        "dtoc_g": (4 * bls * ctx * h1 * kv * cn + 2 * h1 * bls * hn) / hw.dtoc_bdw
-        + wi * wn / (_DISK_WEIGHT_EFFICIENCY * hw.dtoc_bdw),
-        "ctod_g": (4 * bls * h1 * kv * cn + 2 * h1 * bls * hn) / hw.ctod_bdw_g,
-        # Attention over the part of the cache off the GPU runs on the CPU, next to the cache.
-        "comp_g": bls * (8 * h1**2 + 4 * h1 * h2) / hw.mm_flops_g
-        + 4 * bls * ctx * h1 * cg / hw.bmm_flops_g
-        + 4 * bls * ctx * h1 * (cc + cn) / cpu_flops_real(gbs, h1, hw),
+        "comp_p": zero
+        + bls * (8 * s * h1**2 + 4 * s * h1 * h2) / hw.mm_flops_p
+        + 4 * bls * s**2 * h1 / hw.bmm_flops_p,
     }
+    mlp_flops = bls * (8 * h1**2 + 4 * h1 * h2) / hw.mm_flops_g
+    if workload.cpu_cache_compute:
+        # Attention over the part of the cache off the GPU runs on the CPU, next to the cache; the new
+        # token's keys and values are written where the cache lives.
+        time |= {
+            "ctog_g": (wi * (wc + wn) + 2 * h1 * bls * (hc + hn)) / hw.ctog_bdw,
+            "gtoc_g": 2 * h1 * bls * (hc + hn) / hw.gtoc_bdw_hidden,
+            "dtoc_g": (4 * bls * ctx * h1 * kv * cn + 2 * h1 * bls * hn) / hw.dtoc_bdw
+            + wi * wn / (_DISK_WEIGHT_EFFICIENCY * hw.dtoc_bdw),
+            "ctod_g": (4 * bls * h1 * kv * cn + 2 * h1 * bls * hn) / hw.ctod_bdw_g,
+            "comp_g": mlp_flops
+            + 4 * bls * ctx * h1 * cg / hw.bmm_flops_g
+            + 4 * bls * ctx * h1 * (cc + cn) / cpu_flops_real(gbs, h1, hw),
+        }
+        attention_on_gpu: _Affine | float = cg
+    else:
+        # Every step loads the whole cache buffer of the off-GPU sequences, attends on the GPU and
+        # stores the buffer back (to the CPU, and from there to disk for its disk part).
+        full = 4 * bls * (s + n) * h1 * kv
+        time |= {
+            "ctog_g": (wi * (wc + wn) + 2 * h1 * bls * (hc + hn) + full * (cc + cn)) / hw.ctog_bdw,
+            "gtoc_g": 2 * h1 * bls * (hc + hn) / hw.gtoc_bdw_hidden + full * (cc + cn) / hw.gtoc_bdw_cache,
+            "dtoc_g": (full * cn + 2 * h1 * bls * hn) / hw.dtoc_bdw
+            + wi * wn / (_DISK_WEIGHT_EFFICIENCY * hw.dtoc_bdw),
+            "ctod_g": (full * cn + 2 * h1 * bls * hn) / hw.ctod_bdw_g,
+            "comp_g": zero + mlp_flops + 4 * bls * ctx * h1 / hw.bmm_flops_g,
+        }
+        attention_on_gpu = 1.0
 
     # GPU: resident ("home") data plus the working set of one layer for one GPU batch: weights and
     # activations fetched from elsewhere are double-buffered, and the prefill's intermediates (qkv,
@@ -434,13 +466,15 @@ def _terms(gbs: int, bls: int, workload: Workload, hw: Hardware) -> _Terms:
     gpu_home_g = wi * layers * wg + 2 * h1 * bls * hg + 4 * (s + n) * h1 * bls * layers * kv * cg
     inter_g = (
         8 * gbs * h1
-        + gbs * (2 * h1 + 2 * (s + n) * h1 + 2 * nh * (s + n)) * cg
-        + gbs * (2 * (s + n) * h1 + 2 * h1) * cg
+        + gbs * (2 * h1 + 2 * (s + n) * h1 + 2 * nh * (s + n)) * attention_on_gpu
+        + gbs * (2 * (s + n) * h1 + 2 * h1) * attention_on_gpu
         + 4 * gbs * h1
         + 2 * gbs * h2
         + 2 * gbs * h1
     )
     gpu_w_g = 2 * wi * (1 - wg) + 2 * h1 * gbs * (1 - hg) + 4 * gbs * (s + n) * h1 * cg + inter_g
+    if not workload.cpu_cache_compute:  # one GPU batch's loaded cache, double-buffered
+        gpu_w_g = gpu_w_g + 2 * 4 * gbs * (s + n) * h1 * kv * (cc + cn)
 
     # CPU: resident data plus staging buffers for what passes through host memory.
     cpu_home_p = wi * layers * wc + 2 * s * h1 * bls * hc + 4 * s * h1 * bls * layers * kv * cc
@@ -481,7 +515,8 @@ def predict(policy: Policy, workload: Workload, hardware: Hardware) -> Predictio
     tpre = max(t["ctog_p"] + t["dtoc_p"], t["gtoc_p"] + t["ctod_p"], t["comp_p"])
     tgen = t["ctog_g"] + max(t["gtoc_g"], t["dtoc_g"], t["ctod_g"], t["comp_g"])
     layers, n = workload.n_layers, workload.gen_len
-    total = tpre * layers + tgen * (n - 1) * layers
+    overhead = hardware.call_overhead * layers * n * policy.num_gpu_batches  # per layer, position, batch
+    total = tpre * layers + tgen * (n - 1) * layers + overhead
     peaks = {tier: max(m(x) for m in terms.memory[tier]) for tier in _TIERS}
     fits = all(peaks[tier] <= hardware.usable(tier) * (1 + _FIT_TOL) for tier in _TIERS)
     return Prediction(
@@ -651,19 +686,30 @@ def _gpu_batch_sizes():
         gbs = gbs + 1 if gbs < 4 else gbs * 2
 
 
-def search_policy(workload: Workload, hardware: Hardware) -> SearchResult:
+def search_policy(
+    workload: Workload, hardware: Hardware, *, max_block_size: int | None = None
+) -> SearchResult:
     """FlexGen's policy search: for ``gpu_batch_size`` in 1, 2, 3, 4, 8, 16, ... (until even one GPU
     batch no longer fits) scan ``num_gpu_batches`` = 1, 2, ... up to the largest feasible one, while
     throughput keeps rising; return the best policy found. Raises ValueError if nothing fits.
 
+    ``max_block_size`` caps ``gpu_batch_size * num_gpu_batches`` (the sequences there are to serve;
+    None: no cap, as in FlexGen, where the search grows the block until memory runs out).
+
     Unlike the original, throughputs within a relative 1e-7 count as equal: the scan stops on a plateau
     as well as a drop, and of equal policies the first found is kept. The winner's placement is the
     one of ``solve_placement`` (least data on disk among the optimal ones)."""
+    if max_block_size is not None:
+        _check_count("search_policy", "max_block_size", max_block_size)
     best: tuple[Policy, Prediction] | None = None
     for gbs in _gpu_batch_sizes():
+        if max_block_size is not None and gbs > max_block_size:
+            break
         nb_max = max_gpu_batches(gbs, workload, hardware)
         if nb_max == 0:
             break
+        if max_block_size is not None:
+            nb_max = min(nb_max, max_block_size // gbs)
         previous = 0.0
         for nb in range(1, nb_max + 1):
             policy = _fast_placement(gbs, nb, workload, hardware)
@@ -682,6 +728,103 @@ def search_policy(workload: Workload, hardware: Hardware) -> SearchResult:
     gbs, nb = best[0].gpu_batch_size, best[0].num_gpu_batches
     policy = solve_placement(gbs, nb, workload, hardware) or best[0]
     return SearchResult(policy, predict(policy, workload, hardware))
+
+
+# Hardware constants fitted together, each group by one factor (FlexGen fits per direction and kind).
+FIT_GROUPS: Mapping[str, tuple[str, ...]] = {
+    "ctog": ("ctog_bdw",),
+    "gtoc": ("gtoc_bdw_cache", "gtoc_bdw_hidden"),
+    "dtoc": ("dtoc_bdw",),
+    "ctod": ("ctod_bdw_cache_p", "ctod_bdw_hidden_p", "ctod_bdw_g"),
+    "mm": ("mm_flops_p", "mm_flops_g"),
+    "bmm": ("bmm_flops_p", "bmm_flops_g"),
+    "cpu": ("cpu_flops",),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """What :func:`fit_hardware` returns: the fitted hardware, each group's factor over the starting
+    constants, and the relative errors ``predicted / measured - 1`` of the fitted observations before
+    and after."""
+
+    hardware: Hardware
+    factors: Mapping[str, float]
+    errors_before: tuple[float, ...]
+    errors_after: tuple[float, ...]
+
+
+def fit_hardware(
+    observations: Sequence[tuple[Policy, float]],
+    workload: Workload,
+    hardware: Hardware,
+    *,
+    groups: Sequence[str] = tuple(FIT_GROUPS),
+    fit_overhead: bool = True,
+    prior: float = 0.1,
+) -> Fit:
+    """The hardware constants that best explain measured times, as FlexGen fits its constants to
+    profiled runs (``experimental/fit_cost_model.py``: "profiling primitives or internet numbers will
+    not be accurate").
+
+    ``observations``: ``(policy, seconds)`` pairs, each the measured time of one block of ``workload``
+    under ``policy``. Each group of :data:`FIT_GROUPS` named in ``groups`` is scaled by one factor
+    ``exp(theta_g)``; with ``fit_overhead``, ``call_overhead`` is fitted too (``exp(theta_o)``
+    seconds). The fit minimises ``sum_i log(predicted_i / measured_i)^2 + prior * sum_g theta_g^2``
+    (``scipy.optimize.least_squares``): relative errors, so a long run does not outweigh a short one,
+    and a ridge that keeps a constant the observations do not constrain at its starting value
+    (``hardware``, e.g. a calibration of the primitives). Fit on runs other than those you evaluate
+    the model on."""
+    from scipy.optimize import least_squares
+
+    if len(observations) == 0:
+        raise ValueError("fit_hardware needs at least one (policy, seconds) observation")
+    unknown = [g for g in groups if g not in FIT_GROUPS]
+    if unknown:
+        raise ValueError(f"unknown fit groups {unknown}; choose from {', '.join(FIT_GROUPS)}")
+    policies, seconds = [], []
+    for policy, measured in observations:
+        if not isinstance(policy, Policy):
+            raise ValueError(f"observations are (Policy, seconds) pairs; got {type(policy).__name__}")
+        if not measured > 0 or not math.isfinite(measured):
+            raise ValueError(f"a measured time must be positive and finite; got {measured!r}")
+        policies.append(policy)
+        seconds.append(float(measured))
+    measured_log = np.log(seconds)
+    groups = tuple(groups)
+
+    def build(theta: np.ndarray) -> Hardware:
+        changes = {
+            name: getattr(hardware, name) * math.exp(t)
+            for group, t in zip(groups, theta, strict=False)
+            for name in FIT_GROUPS[group]
+        }
+        if fit_overhead:
+            changes["call_overhead"] = math.exp(theta[-1])
+        return dataclasses.replace(hardware, **changes)
+
+    def log_errors(hw: Hardware) -> np.ndarray:
+        predicted = [predict(p, workload, hw).total_time for p in policies]
+        return np.log(predicted) - measured_log
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        ridge = math.sqrt(prior) * theta[: len(groups)]
+        return np.concatenate([log_errors(build(theta)), ridge])
+
+    # The overhead starts at the mean measured time per (layer, position, GPU batch) step / 10.
+    steps = [workload.n_layers * workload.gen_len * p.num_gpu_batches for p in policies]
+    theta0 = np.zeros(len(groups) + fit_overhead)
+    if fit_overhead:
+        theta0[-1] = math.log(float(np.mean(np.array(seconds) / np.array(steps))) / 10)
+    result = least_squares(residuals, theta0, method="trf", x_scale=1.0)
+    fitted = build(result.x)
+    factors = {g: math.exp(t) for g, t in zip(groups, result.x, strict=False)}
+    return Fit(
+        hardware=fitted,
+        factors=factors,
+        errors_before=tuple(float(e) for e in np.expm1(log_errors(hardware))),
+        errors_after=tuple(float(e) for e in np.expm1(log_errors(fitted))),
+    )
 
 
 def _min_tier_bytes(tier: str, workload: Workload, hardware: Hardware) -> float | None:
@@ -745,13 +888,14 @@ def _no_fit_message(workload: Workload, hardware: Hardware) -> str:
     )
 
 
-def format_policy(policy: Policy, prediction: Prediction) -> str:
-    """A one-paragraph summary: FlexGen's command-line flags, then what the cost model predicts."""
+def format_policy(policy: Policy, prediction: Prediction, workload: Workload | None = None) -> str:
+    """A one-paragraph summary: FlexGen's command-line flags, then what the cost model predicts
+    (``workload``, when given, says whether attention over an off-GPU cache runs on the CPU)."""
     flags = (
         f"--gpu-batch-size {policy.gpu_batch_size} --num-gpu-batches {policy.num_gpu_batches} "
         f"--percent {' '.join(str(p) for p in policy.percent())}"
     )
-    if policy.cc + policy.cn > 0:
+    if policy.cc + policy.cn > 0 and (workload is None or workload.cpu_cache_compute):
         # The model times decode attention on the CPU for the part of the cache held there.
         flags += " --cpu-cache-compute"
     if policy.compress_weight:

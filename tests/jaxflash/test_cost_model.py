@@ -259,3 +259,78 @@ def test_too_small_budget_states_the_minimum():
     assert (
         cm.solve_placement(1, 1, workload, dataclasses.replace(small, gpu_mem=need * 0.999 * cm.GiB)) is None
     )
+
+
+def test_cache_loaded_onto_the_gpu_when_attention_runs_there():
+    """``cpu_cache_compute=False``: every decode step moves the whole cache of the off-GPU sequences
+    to the GPU and back, and all attention is GPU compute; a cache on the GPU is charged nothing."""
+    on_cpu = Workload.from_opt("opt-6.7b", 512, 32)
+    on_gpu = dataclasses.replace(on_cpu, cpu_cache_compute=False)
+    h1, s, n, bls = on_cpu.hidden_size, on_cpu.prompt_len, on_cpu.gen_len, 8
+    cache_on_host = Policy(4, 2, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0)
+    a, b = cm.predict(cache_on_host, on_cpu, T4), cm.predict(cache_on_host, on_gpu, T4)
+    full = 4 * bls * (s + n) * h1
+    np.testing.assert_allclose(b.terms["ctog_g"] - a.terms["ctog_g"], full / T4.ctog_bdw)
+    np.testing.assert_allclose(b.terms["gtoc_g"] - a.terms["gtoc_g"], full / T4.gtoc_bdw_cache)
+    mlp = bls * (8 * h1**2 + 4 * h1 * on_cpu.ffn_size) / T4.mm_flops_g
+    np.testing.assert_allclose(b.terms["comp_g"], mlp + 4 * bls * (s + n / 2) * h1 / T4.bmm_flops_g)
+    # Decode's GPU working set gains one GPU batch's cache, double-buffered, and the attention buffers.
+    x, gbs, nh = cache_on_host.fractions(), 4, on_cpu.n_heads
+    decode_gpu = lambda w: cm._terms(gbs, bls, w, T4).memory["gpu"][1](x)
+    attention = gbs * (2 * h1 + 2 * (s + n) * h1 + 2 * nh * (s + n)) + gbs * (2 * (s + n) * h1 + 2 * h1)
+    np.testing.assert_allclose(
+        decode_gpu(on_gpu) - decode_gpu(on_cpu), 2 * 4 * gbs * (s + n) * h1 + attention
+    )
+    # With the cache on the GPU the two modes are the same.
+    resident = Policy(4, 2, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0)
+    assert cm.predict(resident, on_cpu, T4).terms == cm.predict(resident, on_gpu, T4).terms
+    text = cm.format_policy(cache_on_host, b, on_gpu)
+    assert "--cpu-cache-compute" not in text and "--cpu-cache-compute" in cm.format_policy(cache_on_host, a)
+
+
+def test_call_overhead_adds_one_cost_per_layer_position_and_gpu_batch():
+    workload = Workload.from_opt("opt-1.3b", 128, 8)
+    policy = Policy(2, 3, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)
+    base = cm.predict(policy, workload, T4)
+    slow = cm.predict(policy, workload, dataclasses.replace(T4, call_overhead=1e-3))
+    np.testing.assert_allclose(slow.total_time - base.total_time, 1e-3 * 24 * 8 * 3)
+    assert slow.terms == base.terms and slow.prefill_time == base.prefill_time
+
+
+def test_search_respects_max_block_size():
+    workload = Workload.from_opt("opt-30b", 512, 32)
+    free = cm.search_policy(workload, T4)
+    assert free.policy.block_size > 64
+    capped = cm.search_policy(workload, T4, max_block_size=64)
+    assert capped.policy.block_size <= 64 and capped.prediction.fits
+    assert capped.prediction.throughput < free.prediction.throughput
+    with pytest.raises(ValueError, match="search_policy.max_block_size must be a positive integer"):
+        cm.search_policy(workload, T4, max_block_size=0)
+
+
+def test_fit_hardware_recovers_the_constants_that_made_the_times():
+    """Times predicted by a known machine (T4 at a fifth of its bandwidths and flops, plus a call
+    overhead) are fitted from T4's nominal constants: the fitted model reproduces every time, and the
+    overhead is found."""
+    workload = dataclasses.replace(Workload.from_opt("opt-1.3b", 256, 16), cpu_cache_compute=False)
+    scaled = {name: getattr(T4, name) / 5 for group in cm.FIT_GROUPS.values() for name in group}
+    truth = dataclasses.replace(T4, call_overhead=2e-3, **scaled)
+    policies = [
+        Policy.from_percent(1, 1, (100, 0, 100, 0, 100, 0)),
+        Policy.from_percent(4, 2, (0, 100, 0, 100, 0, 100)),
+        Policy.from_percent(8, 1, (0, 0, 0, 100, 0, 100)),
+        Policy.from_percent(2, 4, (50, 50, 100, 0, 100, 0)),
+        Policy.from_percent(16, 1, (25, 25, 0, 100, 0, 100)),
+        Policy.from_percent(2, 2, (0, 50, 50, 50, 0, 100)),
+    ]
+    observations = [(p, cm.predict(p, workload, truth).total_time) for p in policies]
+    fit = cm.fit_hardware(observations, workload, T4, prior=1e-6)
+    assert max(abs(e) for e in fit.errors_before) > 0.5
+    assert max(abs(e) for e in fit.errors_after) < 0.02
+    np.testing.assert_allclose(fit.hardware.call_overhead, 2e-3, rtol=0.05)
+    with pytest.raises(ValueError, match="unknown fit groups"):
+        cm.fit_hardware(observations, workload, T4, groups=("pcie",))
+    with pytest.raises(ValueError, match="a measured time must be positive and finite"):
+        cm.fit_hardware([(policies[0], 0.0)], workload, T4)
+    with pytest.raises(ValueError, match="at least one"):
+        cm.fit_hardware([], workload, T4)
