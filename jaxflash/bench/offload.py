@@ -60,8 +60,8 @@ def _model(quick: bool):
     return model
 
 
-def _prompts() -> np.ndarray:
-    return np.random.default_rng(0).integers(256, size=(GBS * NB, PROMPT)).astype(np.int32)
+def _prompts(batch: int = GBS * NB, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(256, size=(batch, PROMPT)).astype(np.int32)
 
 
 def _in_memory(quick: bool, new: int):
@@ -249,7 +249,7 @@ def _measured_seconds(policy, new: int, quick: bool, repeats: int) -> float:
 
     directory = tempfile.mkdtemp(prefix="jaxflash-bench-offload-")
     engine = OffloadedLM(_model(quick), policy, offload_dir=directory)
-    prompts = np.random.default_rng(1).integers(256, size=(policy.block_size, PROMPT)).astype(np.int32)
+    prompts = _prompts(policy.block_size, seed=1)
     try:
         engine.generate(prompts, new)
         best = math.inf
@@ -311,10 +311,11 @@ def fitted_hardware(quick: bool, new: int):
     return fit
 
 
-def _with_budget(hardware, budget: int):
-    """``hardware`` with the engine's device budget as GPU memory (in the model's fp16 byte units, as
-    :func:`calibrated_hardware` scales bandwidths) and host and disk memory to spare."""
-    return dataclasses.replace(hardware, gpu_mem=budget / 2, cpu_mem=1e12, nvme_mem=1e12)
+def _with_budget(hardware, budget: int, dtype_bytes: int = 4):
+    """``hardware`` with the engine's device budget as GPU memory and host and disk memory to spare.
+    The cost model counts fp16 bytes, so a budget of ``dtype_bytes``-byte values holds ``dtype_bytes /
+    2`` times fewer of its bytes (the scale :func:`calibrated_hardware` applies to the bandwidths)."""
+    return dataclasses.replace(hardware, gpu_mem=budget / (dtype_bytes / 2), cpu_mem=1e12, nvme_mem=1e12)
 
 
 def _fits(quick: bool, policy, budget: int) -> bool:
@@ -349,7 +350,7 @@ def _policy_case(quick: bool, new: int, name: str, policy, budget: int | None) -
             device_budget=budget,
         )
         atexit.register(engine.close)
-        prompts = np.random.default_rng(0).integers(256, size=(policy.block_size, PROMPT)).astype(np.int32)
+        prompts = _prompts(policy.block_size)
         return lambda: engine.generate(prompts, new)[0]
 
     config = {

@@ -274,12 +274,16 @@ def test_cache_loaded_onto_the_gpu_when_attention_runs_there():
     np.testing.assert_allclose(b.terms["gtoc_g"] - a.terms["gtoc_g"], full / T4.gtoc_bdw_cache)
     mlp = bls * (8 * h1**2 + 4 * h1 * on_cpu.ffn_size) / T4.mm_flops_g
     np.testing.assert_allclose(b.terms["comp_g"], mlp + 4 * bls * (s + n / 2) * h1 / T4.bmm_flops_g)
-    # Decode's GPU working set gains one GPU batch's cache, double-buffered, and the attention buffers.
-    x, gbs, nh = cache_on_host.fractions(), 4, on_cpu.n_heads
-    decode_gpu = lambda w: cm._terms(gbs, bls, w, T4).memory["gpu"][1](x)
-    attention = gbs * (2 * h1 + 2 * (s + n) * h1 + 2 * nh * (s + n)) + gbs * (2 * (s + n) * h1 + 2 * h1)
+    # Decode's GPU working set gains the off-GPU half of one GPU batch's cache, double-buffered, and
+    # that half's attention buffers. A long generation after a short prompt makes decode the peak.
+    long_cpu = Workload.from_opt("opt-6.7b", 8, 2048)
+    long_gpu = dataclasses.replace(long_cpu, cpu_cache_compute=False)
+    half = Policy(4, 2, 1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 1.0, 0.0)
+    gbs, nh, ctx = 4, on_cpu.n_heads, 8 + 2048
+    attention = gbs * (2 * h1 + 2 * ctx * h1 + 2 * nh * ctx) + gbs * (2 * ctx * h1 + 2 * h1)
     np.testing.assert_allclose(
-        decode_gpu(on_gpu) - decode_gpu(on_cpu), 2 * 4 * gbs * (s + n) * h1 + attention
+        cm.predict(half, long_gpu, T4).gpu_peak - cm.predict(half, long_cpu, T4).gpu_peak,
+        0.5 * (2 * 4 * gbs * ctx * h1 + attention),
     )
     # With the cache on the GPU the two modes are the same.
     resident = Policy(4, 2, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0)
