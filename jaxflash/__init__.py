@@ -28,6 +28,10 @@ _PUBLIC: dict[str, str] = {
     "monarch_matmul": "jaxflash.ops.monarch",
     "blockdiag_matmul": "jaxflash.ops.monarch",
     "causal_monarch_conv": "jaxflash.ops.causal_monarch",
+    "column_sparse_attention": "jaxflash.ops.column_sparse_attention",
+    "column_sums": "jaxflash.ops.column_sparse_attention",
+    "topk_columns": "jaxflash.ops.column_sparse_attention",
+    "mask_to_indices": "jaxflash.ops.column_sparse_attention",
     "monarch": "jaxflash.ops.monarch:",
     "ws": "jaxflash.ws:",
 }
@@ -35,6 +39,7 @@ _PUBLIC: dict[str, str] = {
 # Modules whose import registers implementations with the dispatcher.
 _OP_MODULES = (
     "jaxflash.ops.attention",
+    "jaxflash.ops.column_sparse_attention",
     "jaxflash.ops.fftconv",
     "jaxflash.ops.monarch",
     "jaxflash.quant.matmul",

@@ -138,3 +138,41 @@ def test_monarch_config_reaches_the_compiled_kernel(as_gpu, block_rows, programs
 
     module = cuda_module(monarch, spec((256, 1024)), spec((32, 32, 32)), spec((32, 32, 32)))
     assert f"grid_x = {programs} : i32, grid_y = 32 : i32" in module  # (row blocks, output blocks)
+
+
+@pytest.mark.parametrize("dtype,q_len,head_dim", [(jnp.bfloat16, 1000, 128), (jnp.float32, 539, 80)])
+def test_column_sparse_attention_kernel_lowers_to_triton(as_gpu, dtype, q_len, head_dim):
+    # Chipmunk's 192-query groups (padded to 256-row tiles), 100 columns a group in tiles of 64.
+    groups = -(-q_len // 192)
+
+    def csp(q, k, v, indices, counts):
+        return jaxflash.column_sparse_attention(
+            q, k, v, indices, counts, block_q=192, implementation="pallas"
+        )
+
+    def forward_and_grads(q, k, v, indices, counts):
+        loss = lambda q, k, v: csp(q, k, v, indices, counts).astype(jnp.float32).sum()  # noqa: E731
+        return csp(q, k, v, indices, counts), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    q, kv = spec((2, q_len, 4, head_dim), dtype), spec((2, q_len, 2, head_dim), dtype)
+    indices, counts = spec((2, 4, groups, 100), jnp.int32), spec((2, 4, groups), jnp.int32)
+    # The forward kernel only: the backward is the XLA path's VJP.
+    assert triton_calls(forward_and_grads, q, kv, kv, indices, counts) == 1
+
+
+@pytest.mark.parametrize(
+    "dtype,causal,q_len,kv_len,key_dim,value_dim",
+    [(jnp.bfloat16, True, 1000, 1000, 64, 64), (jnp.float32, False, 539, 700, 80, 48)],
+)
+def test_linear_attention_kernels_lower_to_triton(as_gpu, dtype, causal, q_len, kv_len, key_dim, value_dim):
+    # Lengths padded to whole 64-row chunks; head dims 80 and 48 padded to 128 and 64.
+    def attend(q, k, v):
+        return jaxflash.linear_attention(q, k, v, causal=causal, implementation="pallas")
+
+    def forward_and_grads(q, k, v):
+        out, vjp = jax.vjp(attend, q, k, v)  # one forward: the one that saves the residuals
+        return out, vjp(jnp.ones_like(out))
+
+    q = spec((2, q_len, 4, key_dim), dtype)
+    k, v = spec((2, kv_len, 4, key_dim), dtype), spec((2, kv_len, 4, value_dim), dtype)
+    assert triton_calls(forward_and_grads, q, k, v) == 2  # forward, backward
