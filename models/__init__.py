@@ -8,19 +8,23 @@ generation where it is causal) and their configs::
     M2Bert(M2Config)             Monarch Mixer BERT encoder with MLM head and pooler
     M2BertClassifier             M2Bert + sequence-classification head (CLS or mean pooling)
     Parcae(ParcaeConfig)         looped LM with a stable diagonal injection
+    DiT(DiTConfig)               class-conditional diffusion transformer on images (x, t, y) -> eps, v
 
 Presets are functions returning configs (``tiny_lm("hyena")``, ``hyena_153m()``); ``PRESETS`` maps
-their names to them. The layers compose into other models: the mixers (``Attention``, ``H3``,
+their names to them; the DiT presets are in ``DIT_PRESETS`` under DiT's names (``"DiT-XL/2"``,
+``"DiT-S/8"``, ``"DiT-tiny"``). The layers compose into other models: the mixers (``Attention``, ``H3``,
 ``HyenaOperator``, ``LongConv``, ``S4D``, ``M2Mixer``) share ``__call__`` / ``init_state`` / ``step``, and
 ``Block`` wraps any of them with an ``MLP`` (see ``transformer.py``).
 """
 
 from jaxflash.models.config import (
+    DIT_PRESETS,
     GPT2_VOCAB,
     M2_FILTER,
     PARCAE_ATTENTION,
     PRESETS,
     AttentionConfig,
+    DiTConfig,
     H3Config,
     HyenaConfig,
     LMConfig,
@@ -28,6 +32,9 @@ from jaxflash.models.config import (
     M2Config,
     ParcaeConfig,
     S4DConfig,
+    dit,
+    dit_d14,
+    dit_tiny,
     gpt2_125m,
     h3_125m,
     hyena_153m,
@@ -38,6 +45,7 @@ from jaxflash.models.config import (
     parcae_tiny,
     tiny_lm,
 )
+from jaxflash.models.dit import DiT, DiTBlock, FinalLayer, LabelEmbedder, SelfAttention, TimestepEmbedder
 from jaxflash.models.h3 import H3, S4D, SSMParam
 from jaxflash.models.hyena import HyenaFilter, HyenaOperator, ShortConv
 from jaxflash.models.lm import M2GPT, DecoderLM, LanguageModel
@@ -49,6 +57,7 @@ from jaxflash.models.transformer import MLP, Attention, Block, rope, step_blocks
 from jaxflash.models.validation import parameter_count
 
 __all__ = [
+    "DIT_PRESETS",
     "GPT2_VOCAB",
     "M2GPT",
     "M2_FILTER",
@@ -62,11 +71,16 @@ __all__ = [
     "BlockDiagGLU",
     "BlockDiagLinear",
     "DecoderLM",
+    "DiT",
+    "DiTBlock",
+    "DiTConfig",
+    "FinalLayer",
     "H3Config",
     "HyenaConfig",
     "HyenaFilter",
     "HyenaOperator",
     "LMConfig",
+    "LabelEmbedder",
     "LanguageModel",
     "LongConv",
     "LongConvConfig",
@@ -81,7 +95,12 @@ __all__ = [
     "S4D",
     "S4DConfig",
     "SSMParam",
+    "SelfAttention",
     "ShortConv",
+    "TimestepEmbedder",
+    "dit",
+    "dit_d14",
+    "dit_tiny",
     "gpt2_125m",
     "h3_125m",
     "hyena_153m",

@@ -12,7 +12,8 @@ mixers' own configs (``LMConfig.hyena``, ``M2Config.hyena``, ``ParcaeConfig.atte
 
 Sources of the preset sizes (``shared/reference/models.md``): safari ``configs/experiment/pile/*.yaml``
 (H3 125M, Hyena 153M), m2 ``bert/yamls/pretrain`` (M2-BERT 80M), parcae ``parcae_lm/configs`` (140M),
-GPT-2 small for the Transformer.
+GPT-2 small for the Transformer; DiT's ``DiT_models`` (``facebookresearch/DiT/models.py``) for
+``DiTConfig``, whose presets live in ``DIT_PRESETS`` under DiT's names.
 """
 
 from __future__ import annotations
@@ -430,6 +431,77 @@ class ParcaeConfig(_ModelFields):
         return self.n_prelude + self.n_core + self.n_coda
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DiTConfig:
+    """Diffusion Transformer (Peebles & Xie 2023, arXiv:2212.09748), ``facebookresearch/DiT/models.py``.
+
+    The defaults are DiT-XL/2 on the 32 x 32 x 4 latents of 256 x 256 images; the family shares
+    ``d_model``, ``n_layers``, ``norm_eps``, ``dtype`` and ``implementation`` with the LM configs.
+    """
+
+    input_size: int = 32  # height = width of the (latent) image; 256 px / 8 for the SD VAE
+    patch_size: int = 2  # p: non-overlapping p x p patches, (input_size / p)^2 tokens
+    in_channels: int = 4  # C: latent channels (SD VAE: 4)
+    d_model: int = 1152  # DiT's hidden_size
+    n_layers: int = 28  # DiT's depth
+    num_heads: int = 16  # must divide d_model
+    mlp_ratio: float = 4.0  # MLP hidden width int(d_model * mlp_ratio) (timm Mlp)
+    num_classes: int = 1000  # class labels; a null class row is added when class_dropout_prob > 0
+    class_dropout_prob: float = 0.1  # labels dropped to the null class in training (for CFG)
+    learn_sigma: bool = True  # 2C output channels: epsilon and the variance interpolation v
+    freq_dim: int = 256  # width of the sinusoidal timestep features (frequency_embedding_size)
+    norm_eps: float = 1e-6  # affine-free LayerNorms of the blocks and the final layer
+    dtype: str = "float32"  # compute dtype; parameters are always float32
+    implementation: str | None = None  # passed to jaxflash.attention ("xla", "pallas", ...)
+
+    def __post_init__(self):
+        for name in ("input_size", "patch_size", "in_channels", "d_model", "n_layers", "num_heads"):
+            _positive(name, getattr(self, name))
+        _positive("num_classes", self.num_classes)
+        _positive("freq_dim", self.freq_dim)
+        _divides("patch_size", self.patch_size, "input_size", self.input_size)
+        _divides("num_heads", self.num_heads, "d_model", self.d_model)
+        if self.d_model % 4:
+            raise ValueError(
+                f"d_model={self.d_model} must be a multiple of 4: the 2-D sin-cos position table gives "
+                "each of the two axes d_model/2 features in sin/cos pairs"
+            )
+        _positive_float("mlp_ratio", self.mlp_ratio)
+        _rate("class_dropout_prob", self.class_dropout_prob)
+        _positive_float("norm_eps", self.norm_eps)
+        _check_dtype("dtype", self.dtype)
+
+    @property
+    def out_channels(self) -> int:
+        """``2 C`` with a learned variance, else ``C``."""
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+    @property
+    def grid_size(self) -> int:
+        """Patches along each side, ``input_size / patch_size``."""
+        return self.input_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Tokens per image, ``grid_size^2``."""
+        return self.grid_size**2
+
+    @property
+    def ffn_dim(self) -> int:
+        """The MLP's hidden width, ``int(d_model * mlp_ratio)`` as DiT computes it."""
+        return int(self.d_model * self.mlp_ratio)
+
+    @property
+    def has_null_class(self) -> bool:
+        """DiT adds the null (unconditional) label row only when labels are dropped in training."""
+        return self.class_dropout_prob > 0
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """``dtype`` as a numpy dtype; parameters stay float32."""
+        return jnp.dtype(self.dtype)
+
+
 # --- presets -------------------------------------------------------------------------------------------
 
 GPT2_VOCAB = 50264  # 50257 padded to a multiple of 8 (safari pad_vocab_size_multiple: 8)
@@ -552,6 +624,48 @@ def parcae_tiny(**overrides: Any) -> ParcaeConfig:
     )
 
 
+# DiT's ``DiT_models`` sizes (depth, hidden size, heads), each with patch 2, 4 or 8.
+DIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "XL": (28, 1152, 16),
+    "L": (24, 1024, 16),
+    "B": (12, 768, 12),
+    "S": (12, 384, 6),
+}
+
+
+def dit(size: str, patch_size: int = 2, **overrides: Any) -> DiTConfig:
+    """DiT-{size}/{patch_size} of ``facebookresearch/DiT`` (``DiT_models``) on 32 x 32 x 4 latents."""
+    if size not in DIT_SIZES:
+        raise ValueError(f"DiT size={size!r}; choose one of {tuple(DIT_SIZES)}")
+    depth, width, heads = DIT_SIZES[size]
+    base = DiTConfig(n_layers=depth, d_model=width, num_heads=heads, patch_size=patch_size)
+    return dataclasses.replace(base, **overrides)
+
+
+def dit_d14(**overrides: Any) -> DiTConfig:
+    """Grafting's ``DiT-D14/2``: DiT-XL/2's width and heads at half its depth (14 blocks), the target of
+    the depth-to-width restructuring case study (Chandrasegaran et al. 2025)."""
+    return dataclasses.replace(DiTConfig(n_layers=14, d_model=1152, num_heads=16, patch_size=2), **overrides)
+
+
+def dit_tiny(**overrides: Any) -> DiTConfig:
+    """A 4-block, width-64, 4-head DiT on 8 x 8 single-channel images with 10 classes (scikit-learn's
+    digits) and patch 2 (16 tokens), for CPU tests and demos; ``input_size=16`` gives 64 tokens."""
+    return dataclasses.replace(
+        DiTConfig(
+            input_size=8,
+            patch_size=2,
+            in_channels=1,
+            d_model=64,
+            n_layers=4,
+            num_heads=4,
+            num_classes=10,
+            implementation="xla",
+        ),
+        **overrides,
+    )
+
+
 PRESETS: dict[str, Callable[..., Any]] = {
     "gpt2_125m": gpt2_125m,
     "h3_125m": h3_125m,
@@ -565,4 +679,16 @@ PRESETS: dict[str, Callable[..., Any]] = {
     "m2_bert_tiny": m2_bert_tiny,
     "m2_gpt_tiny": m2_gpt_tiny,
     "parcae_tiny": parcae_tiny,
+}
+
+# DiT presets by the names of DiT's ``DiT_models`` ("DiT-XL/2", ..., "DiT-S/8"), grafting's "DiT-D14/2"
+# and the CPU "DiT-tiny". Kept apart from PRESETS, whose LM configs the training CLI accepts as model=.
+DIT_PRESETS: dict[str, Callable[..., DiTConfig]] = {
+    **{
+        f"DiT-{size}/{patch}": functools.partial(dit, size, patch)
+        for size in DIT_SIZES
+        for patch in (2, 4, 8)
+    },
+    "DiT-D14/2": dit_d14,
+    "DiT-tiny": dit_tiny,
 }
