@@ -32,6 +32,10 @@ _PUBLIC: dict[str, str] = {
     "column_sums": "jaxflash.ops.column_sparse_attention",
     "topk_columns": "jaxflash.ops.column_sparse_attention",
     "mask_to_indices": "jaxflash.ops.column_sparse_attention",
+    "linear_attention": "jaxflash.ops.linear_attention",
+    "linear_attention_step": "jaxflash.ops.linear_attention",
+    "LinearAttentionState": "jaxflash.ops.linear_attention",
+    "elu_feature_map": "jaxflash.ops.linear_attention",
     "monarch": "jaxflash.ops.monarch:",
     "ws": "jaxflash.ws:",
 }
@@ -41,6 +45,7 @@ _OP_MODULES = (
     "jaxflash.ops.attention",
     "jaxflash.ops.column_sparse_attention",
     "jaxflash.ops.fftconv",
+    "jaxflash.ops.linear_attention",
     "jaxflash.ops.monarch",
     "jaxflash.quant.matmul",
 )

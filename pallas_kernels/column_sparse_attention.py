@@ -49,9 +49,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jaxflash.pallas_kernels.common import compiler_params
+from jaxflash.pallas_kernels.common import compiler_params, dot
 
-from jaxflash.utils import cdiv, check_int, matmul_precision, next_pow2
+from jaxflash.utils import cdiv, check_int, next_pow2
 
 # The largest head_dim the kernel takes (a tile holds whole head rows).
 MAX_HEAD_DIM = 256
@@ -102,12 +102,6 @@ def unsupported_reason(config: ColumnSparseConfig, max_cols: int) -> str | None:
 # --- kernel --------------------------------------------------------------------------------------------
 
 
-def _dot(a, b, contract):
-    return lax.dot_general(
-        a, b, (contract, ((), ())), precision=matmul_precision(a.dtype), preferred_element_type=jnp.float32
-    )
-
-
 def _kernel(counts_ref, ids_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale: float, block_k: int):
     # counts_ref: () int32; ids_ref: (max_cols_pad,) int32 in [0, kv_len); q_ref / o_ref: (bq, d);
     # k_ref / v_ref: (kv_len, d), read only at the gathered rows; lse_ref: (bq,) f32.
@@ -123,7 +117,7 @@ def _kernel(counts_ref, ids_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale: 
         v = v_ref[ids, :]
         valid_col = start + lax.broadcasted_iota(jnp.int32, (1, block_k), 1) < count
         valid_row = start + lax.broadcasted_iota(jnp.int32, (block_k, 1), 0) < count
-        s = _dot(q, k, ((1,), (1,))) * scale
+        s = dot(q, k, ((1,), (1,))) * scale
         s = jnp.where(valid_col, s, -jnp.inf)
         # Padding positions read column 0: zero its value row so that 0 * (a non-finite v) stays 0.
         v = jnp.where(valid_row, v, jnp.zeros((), v.dtype))
@@ -132,7 +126,7 @@ def _kernel(counts_ref, ids_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale: 
         p = jnp.exp(s - m_safe[:, None])
         alpha = jnp.exp(m - m_safe)
         row_sum = alpha * row_sum + p.sum(axis=1)
-        acc = alpha[:, None] * acc + _dot(p.astype(v.dtype), v, ((1,), (0,)))
+        acc = alpha[:, None] * acc + dot(p.astype(v.dtype), v, ((1,), (0,)))
         return acc, m_new, row_sum
 
     init = (

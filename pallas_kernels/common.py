@@ -1,4 +1,4 @@
-"""What every kernel family shares: grid arithmetic, interpret mode and per-backend compiler params.
+"""What every kernel family shares: interpret mode, per-backend compiler params and tile matmuls.
 
 One kernel body serves every backend. ``implementation="pallas"`` compiles it (Triton lowering on
 GPU, Mosaic on TPU); ``implementation="pallas_interpret"`` runs the same body in the Pallas
@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
 
 from jaxflash import utils
@@ -56,3 +59,33 @@ def compiler_params(
 
         return pltpu.CompilerParams(dimension_semantics=dimension_semantics)
     raise NotImplementedError(f"compiled Pallas kernels need a GPU or TPU; the backend is {platform!r}")
+
+
+# --- matmuls inside a kernel body ------------------------------------------------------------------------
+
+
+def dot(a: jax.Array, b: jax.Array, contract: tuple[tuple[int, ...], tuple[int, ...]]) -> jax.Array:
+    """``lax.dot_general`` of two tiles with no batch axes, accumulating in f32 (f32 operands at
+    ``HIGHEST`` precision, :func:`jaxflash.utils.matmul_precision`)."""
+    return lax.dot_general(
+        a,
+        b,
+        (contract, ((), ())),
+        precision=utils.matmul_precision(a.dtype),
+        preferred_element_type=jnp.float32,
+    )
+
+
+def dot_nn(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b``, as :func:`dot`."""
+    return dot(a, b, ((1,), (0,)))
+
+
+def dot_nt(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b.T``, as :func:`dot`."""
+    return dot(a, b, ((1,), (1,)))
+
+
+def dot_tn(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a.T @ b``, as :func:`dot`."""
+    return dot(a, b, ((0,), (0,)))

@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jaxflash.pallas_kernels.common import compiler_params, interpret_for
+from jaxflash.pallas_kernels.common import compiler_params, dot_nn, dot_nt, dot_tn, interpret_for
 
-from jaxflash.utils import cdiv, check_int, matmul_precision, next_pow2, true_span, zero_cotangent
+from jaxflash.utils import cdiv, check_int, next_pow2, true_span, zero_cotangent
 
 # The largest head_dim the kernels take (their tiles hold a whole head row).
 MAX_HEAD_DIM = 256
@@ -109,24 +109,6 @@ class _Static:
     has_live: bool  # a tile inside a live span may be dead (segments, block mask): check each
 
 
-def _dot(a, b, contract):
-    return lax.dot_general(
-        a, b, (contract, ((), ())), precision=matmul_precision(a.dtype), preferred_element_type=jnp.float32
-    )
-
-
-def _dot_nn(a, b):  # a @ b
-    return _dot(a, b, ((1,), (0,)))
-
-
-def _dot_nt(a, b):  # a @ b.T
-    return _dot(a, b, ((1,), (1,)))
-
-
-def _dot_tn(a, b):  # a.T @ b
-    return _dot(a, b, ((0,), (0,)))
-
-
 @dataclasses.dataclass(frozen=True)
 class _TileMasks:
     """The mask inputs of one query tile (any may be None): segment ids, kv length, diagonal offsets."""
@@ -149,7 +131,7 @@ def _tile_mask(st: _Static, q_start, kv_start, bq, bk, tm: _TileMasks, kv_seg):
 
 
 def _logits(st: _Static, q, k):
-    return st.spec.softcap(_dot_nt(q, k) * st.spec.scale)
+    return st.spec.softcap(dot_nt(q, k) * st.spec.scale)
 
 
 def _unpack(st: _Static, refs):
@@ -207,7 +189,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, st: _Static):
             p = jnp.exp(s - m_safe[:, None])
             alpha = jnp.exp(m - m_safe)
             row_sum = alpha * row_sum + p.sum(axis=1)
-            acc = alpha[:, None] * acc + _dot_nn(p.astype(v.dtype), v)
+            acc = alpha[:, None] * acc + dot_nn(p.astype(v.dtype), v)
             return acc, m_new, row_sum
 
         return _maybe_skip(live_ref, j, compute, carry)
@@ -244,7 +226,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, st: _Stat
             # NaN key rows mark non-finite keys for the logits; as a factor they are zeros, so the zero
             # dS of the queries that cannot see them stays zero.
             k_factor = jnp.where(jnp.isnan(k), jnp.zeros((), k.dtype), k)
-            return dq + _dot_nn(ds.astype(k.dtype), k_factor)
+            return dq + dot_nn(ds.astype(k.dtype), k_factor)
 
         return _maybe_skip(live_ref, j, compute, dq)
 
@@ -254,12 +236,12 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, st: _Stat
 
 def _dlogits(st, q, k, v, do, lse, delta, q_start, kv_start, bq, bk, tm: _TileMasks, kv_seg):
     """Recomputed probabilities ``P`` and the logit gradient ``dS`` (before the 1/scale) of one tile."""
-    raw = _dot_nt(q, k) * st.spec.scale
+    raw = dot_nt(q, k) * st.spec.scale
     s = st.spec.softcap(raw)
     allowed = _tile_mask(st, q_start, kv_start, bq, bk, tm, kv_seg)
     # lse is +inf on fully masked rows (set by the wrapper), so exp gives 0 without a NaN.
     p = jnp.where(allowed, jnp.exp(s - lse[:, None]), 0.0)
-    dp = _dot_nt(do, v)
+    dp = dot_nt(do, v)
     ds = p * (dp - delta[:, None])
     if st.spec.logits_soft_cap is not None:
         t = jnp.tanh(raw / st.spec.logits_soft_cap)
@@ -284,8 +266,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, st: _Sta
             delta = delta_ref[pl.ds(start, bq)]
             tm = _query_tile_masks(q_seg_ref, len_ref, off_ref, pl.ds(start, bq))
             p, ds = _dlogits(st, q, k, v, do, lse, delta, start, j * bk, bq, bk, tm, kv_seg)
-            dv = dv + _dot_tn(p.astype(do.dtype), do)
-            dk = dk + _dot_tn(ds.astype(q.dtype), q)
+            dv = dv + dot_tn(p.astype(do.dtype), do)
+            dk = dk + dot_tn(ds.astype(q.dtype), q)
             return dk, dv
 
         return _maybe_skip(live_ref, i, compute, carry)

@@ -161,13 +161,19 @@ def test_column_sparse_attention_kernel_lowers_to_triton(as_gpu, dtype, q_len, h
 
 
 @pytest.mark.parametrize(
-    "dtype,causal,q_len,kv_len,key_dim,value_dim",
-    [(jnp.bfloat16, True, 1000, 1000, 64, 64), (jnp.float32, False, 539, 700, 80, 48)],
+    "dtype,causal,normalize,q_len,kv_len,key_dim,value_dim",
+    [
+        (jnp.bfloat16, True, True, 1000, 1000, 64, 64),
+        (jnp.float32, False, True, 539, 700, 80, 48),
+        (jnp.float32, True, False, 100, 100, 24, 24),  # no denominator: the kernels' other variant
+    ],
 )
-def test_linear_attention_kernels_lower_to_triton(as_gpu, dtype, causal, q_len, kv_len, key_dim, value_dim):
-    # Lengths padded to whole 64-row chunks; head dims 80 and 48 padded to 128 and 64.
+def test_linear_attention_kernels_lower_to_triton(
+    as_gpu, dtype, causal, normalize, q_len, kv_len, key_dim, value_dim
+):
+    # Lengths padded to whole 64-row chunks; head dims 80, 48 and 24 padded to 128, 64 and 32.
     def attend(q, k, v):
-        return jaxflash.linear_attention(q, k, v, causal=causal, implementation="pallas")
+        return jaxflash.linear_attention(q, k, v, causal=causal, normalize=normalize, implementation="pallas")
 
     def forward_and_grads(q, k, v):
         out, vjp = jax.vjp(attend, q, k, v)  # one forward: the one that saves the residuals
