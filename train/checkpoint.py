@@ -90,11 +90,14 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract: Any, shardings: An
     return from_saveable(restored["state"], abstract)
 
 
-def load_model(workdir: str | pathlib.Path, step: int | None = None):
-    """The model of a run's checkpoint (the newest, or ``step``), ready for evaluation or generation.
+def load_model(workdir: str | pathlib.Path, step: int | None = None, *, ema: bool = False):
+    """The model of a run's checkpoint (the newest, or ``step``), in evaluation mode, ready for
+    evaluation, generation or sampling.
 
     ``workdir`` is a directory written by ``python -m jaxflash.train`` (it holds ``config.json`` and
-    ``checkpoints/``). Parameters are restored on the default device, unsharded."""
+    ``checkpoints/``). Parameters are restored on the default device, unsharded. ``ema=True`` gives the
+    exponential moving average of the weights the run kept (a DiT run's, what DiT samples with) instead
+    of the weights themselves; a ``ValueError`` when the run kept none."""
     from flax import nnx
     from jaxflash.train import config as config_lib
     from jaxflash.train.loop import build_model, build_optimizer
@@ -123,6 +126,15 @@ def load_model(workdir: str | pathlib.Path, step: int | None = None):
     state = restore(mngr, step, abstract, jax.tree.map(lambda _: device, abstract))
     mngr.close()
     graphdef, _, _ = split_model(nnx.eval_shape(lambda: build_model(config.model, seed=config.seed)))
-    model = nnx.merge(graphdef, state.params, state.rest)
+    params = state.params
+    if ema:
+        from jaxflash.diffusion import find_ema_params
+
+        params = find_ema_params(state.opt_state)
+        if params is None:
+            raise ValueError(
+                f"the run in {workdir} kept no average of its weights (ema=True is for DiT runs)"
+            )
+    model = nnx.merge(graphdef, params, state.rest)
     model.eval()
     return model

@@ -1,8 +1,9 @@
 """The configuration of a training run: frozen dataclasses, ``key=value`` overrides, JSON round trip.
 
-A run is one :class:`TrainConfig`: the model's own config (``jaxflash.models`` LMConfig, M2Config or
-ParcaeConfig), the data (:class:`jaxflash.data.DataConfig`), the optimizer, the device mesh and the
-multi-host setup, plus the run's lengths and paths. Every field can be overridden from the command line
+A run is one :class:`TrainConfig`: the model's own config (``jaxflash.models`` LMConfig, M2Config,
+ParcaeConfig, or DiTConfig with its :class:`DiffusionConfig`), the data
+(:class:`jaxflash.data.DataConfig`), the optimizer, the device mesh and the multi-host setup, plus the
+run's lengths and paths. Every field can be overridden from the command line
 by its dotted path (``model.d_model=64``, ``optim.lr=3e-4``); the value is parsed by the field's type
 and the dataclass revalidates, so a bad value is refused with the key's name before anything runs.
 """
@@ -15,13 +16,14 @@ import types
 import typing
 from typing import Any, Union
 
-from jaxflash.models import PRESETS as MODEL_PRESETS
-from jaxflash.models import LMConfig, M2Config, ParcaeConfig
+from jaxflash.models import DIT_PRESETS, DiTConfig, LMConfig, M2Config, ParcaeConfig
+from jaxflash.models import PRESETS as LM_PRESETS
 
 from jaxflash.data import DataConfig
 from jaxflash.utils import check_int, check_real
 
-MODEL_CONFIGS = {cls.__name__: cls for cls in (LMConfig, M2Config, ParcaeConfig)}
+MODEL_CONFIGS = {cls.__name__: cls for cls in (LMConfig, M2Config, ParcaeConfig, DiTConfig)}
+MODEL_PRESETS = {**LM_PRESETS, **DIT_PRESETS}
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -65,6 +67,47 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class DiffusionConfig:
+    """How a DiT is trained and sampled (``jaxflash.diffusion``); ignored for the language models.
+
+    Training uses DiT's ``create_diffusion("")``: ``diffusion_steps`` steps of ``noise_schedule``,
+    epsilon prediction, the learned variance when the model has ``learn_sigma`` (MSE + VB loss). Each
+    evaluation also draws ``eval_samples`` class-conditional images from the EMA weights with
+    ``sampler`` over ``sample_steps`` respaced steps, scores them (digits-FD, label accuracy,
+    nearest-neighbour distance, beside the real held-out floor; :mod:`jaxflash.diffusion.evaluate`) and
+    saves a grid of them as ``samples/step_<N>.png`` in the workdir.
+    """
+
+    diffusion_steps: int = 1000  # T of the training chain (DiT: 1000)
+    noise_schedule: str = "linear"  # "linear" (DiT) or "squaredcos_cap_v2"
+    ema_decay: float = 0.9999  # DiT's; its code suggests 0.999 for small experiments
+    sampler: str = "ddim"  # "ddim" (eta 0) or "ddpm" (ancestral)
+    sample_steps: int = 50  # respaced steps of the sampling chain
+    cfg_scale: float = 1.0  # classifier-free guidance of the evaluation samples (1 = none)
+    eval_samples: int = -1  # images per evaluation; -1 = the evaluator's floor size, 0 = no sampling
+    grid_samples: int = 100  # of those, how many go in the PNG grid (10 per row)
+
+    def __post_init__(self):
+        check_int("diffusion.diffusion_steps", self.diffusion_steps, minimum=2)
+        if self.noise_schedule not in ("linear", "squaredcos_cap_v2"):
+            raise ValueError(
+                f"diffusion.noise_schedule={self.noise_schedule!r}; choose 'linear' or 'squaredcos_cap_v2'"
+            )
+        check_real("diffusion.ema_decay", self.ema_decay, at_least=0, at_most=1)
+        if self.sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"diffusion.sampler={self.sampler!r}; choose 'ddim' or 'ddpm'")
+        check_int("diffusion.sample_steps", self.sample_steps)
+        if self.sample_steps > self.diffusion_steps:
+            raise ValueError(
+                f"diffusion.sample_steps={self.sample_steps} exceeds diffusion_steps={self.diffusion_steps}"
+            )
+        check_real("diffusion.cfg_scale", self.cfg_scale, at_least=0)
+        if self.eval_samples != -1:
+            check_int("diffusion.eval_samples (or -1)", self.eval_samples, minimum=0)
+        check_int("diffusion.grid_samples", self.grid_samples, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class MeshConfig:
     """The device mesh ``jax.make_mesh((data, fsdp), ("data", "fsdp"))``: the batch is split over both
     axes, parameters and optimizer state over ``fsdp``. ``data=-1`` takes every device ``fsdp`` leaves."""
@@ -105,15 +148,16 @@ class DistributedConfig:
 class TrainConfig:
     """One training run (module docstring). ``steps`` optimizer steps of ``batch_size`` sequences."""
 
-    model: LMConfig | M2Config | ParcaeConfig
+    model: LMConfig | M2Config | ParcaeConfig | DiTConfig
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     workdir: str = "runs/default"  # config, metrics, TensorBoard events and checkpoints; reused to resume
     steps: int = 1000
     seed: int = 0  # parameters, dropout and Parcae's loop counts (the data has its own data.seed)
-    batch_size: int = 32  # global: split over the mesh and over processes
+    batch_size: int = 32  # global, in sequences or images: split over the mesh and over processes
     checkpoint_every: int = 500  # and a final checkpoint at the last step
     keep_checkpoints: int = 3
     async_checkpoints: bool = True  # write checkpoints in the background while training goes on

@@ -45,6 +45,7 @@ def evaluate_run(
     from jaxflash.train import sharding as shard
     from jaxflash.train.loop import build_model, evaluate
     from jaxflash.train.step import eval_graphdef, make_eval_step, split_model
+    from jaxflash.train.tasks import task_for
 
     from jaxflash.data import make_dataset
 
@@ -79,7 +80,7 @@ def evaluate_run(
         )
     mesh = shard.make_mesh(config_lib.MeshConfig(data=1))
     batch_sharding = shard.batch_sharding(mesh)
-    eval_fn = jax.jit(make_eval_step(eval_graphdef(graphdef, params, rest)))
+    eval_fn = jax.jit(make_eval_step(eval_graphdef(graphdef, params, rest), task_for(config).loss_fn))
     data = make_dataset(config.data, "validation")
     metrics = evaluate(eval_fn, params, rest, data, config, batch_sharding)
     return {

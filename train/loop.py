@@ -8,7 +8,11 @@ everything the run used and made::
     metrics.jsonl    one JSON object per logged step (and per evaluation)
     tensorboard/     the same scalars as TensorBoard events
     checkpoints/     orbax checkpoints (the newest ``keep_checkpoints``)
-    sample.txt       the text generated at the end
+    sample.txt       the text generated at the end (language models)
+    samples/         a PNG grid of samples per evaluation, and eval_bounds.json (DiT)
+
+What the model is trained to do (its loss, the data it reads, its metrics, what it makes) is the run's
+task (:mod:`jaxflash.train.tasks`), chosen by the model config's type.
 
 Resuming: when ``workdir/checkpoints`` holds a complete checkpoint, the run restores the newest and goes
 on from its step; the state holds the model, the optimizer, the RNG streams and the step (which is the
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
 import platform
 import sys
@@ -32,26 +35,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
-from jaxflash.models import M2GPT, LanguageModel, LMConfig, M2Config, Parcae, ParcaeConfig
+from jaxflash.models import M2GPT, DiT, DiTConfig, LanguageModel, LMConfig, M2Config, Parcae, ParcaeConfig
 from jaxflash.train import checkpoint as ckpt
 from jaxflash.train import config as config_lib
 from jaxflash.train import sharding as shard
 from jaxflash.train.config import TrainConfig
 from jaxflash.train.metrics import MetricWriter
 from jaxflash.train.optim import make_optimizer
-from jaxflash.train.step import (
-    eval_graphdef,
-    init_state,
-    make_eval_step,
-    make_train_step,
-    next_token_loss,
-    split_model,
-)
+from jaxflash.train.step import eval_graphdef, init_state, make_eval_step, make_train_step, split_model
+from jaxflash.train.tasks import task_for
 
-from jaxflash.data import Dataset, decode_bytes, make_dataset
+from jaxflash.data import Dataset, make_dataset
 
 # Keys that may change between a run and its resumption (they change how long or how loudly it runs,
 # not what it computes up to the step it resumes from).
@@ -92,7 +88,7 @@ class RunResult:
 
 def build_model(model_config: Any, *, seed: int) -> nnx.Module:
     """The model a config describes (LMConfig -> LanguageModel, causal M2Config -> M2GPT, ParcaeConfig
-    -> Parcae), its parameters and dropout streams seeded by ``seed``."""
+    -> Parcae, DiTConfig -> DiT), its parameters and dropout streams seeded by ``seed``."""
     rngs = nnx.Rngs(seed)
     if isinstance(model_config, LMConfig):
         return LanguageModel(model_config, rngs=rngs)
@@ -105,6 +101,8 @@ def build_model(model_config: Any, *, seed: int) -> nnx.Module:
         return M2GPT(model_config, rngs=rngs)
     if isinstance(model_config, ParcaeConfig):
         return Parcae(model_config, rngs=rngs)
+    if isinstance(model_config, DiTConfig):
+        return DiT(model_config, rngs=rngs)
     raise TypeError(f"no model for a {type(model_config).__name__}")
 
 
@@ -126,7 +124,8 @@ def lr_schedule(config: TrainConfig) -> Callable[[Any], Any]:
 
 
 def build_optimizer(model: nnx.Module, config: TrainConfig) -> optax.GradientTransformation:
-    """Clipping, then AdamW over the papers' groups (``jaxflash.train.optim``) with the schedule."""
+    """Clipping, then AdamW over the papers' groups (``jaxflash.train.optim``) with the schedule, then
+    what the task adds (a DiT's EMA of the weights)."""
     o = config.optim
     adamw = make_optimizer(
         model,
@@ -141,9 +140,8 @@ def build_optimizer(model: nnx.Module, config: TrainConfig) -> optax.GradientTra
         b2=o.b2,
         eps=o.eps,
     )
-    if o.clip_norm is None:
-        return adamw
-    return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw)
+    tx = adamw if o.clip_norm is None else optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw)
+    return task_for(config).optimizer(tx)
 
 
 def _versions() -> dict[str, str]:
@@ -171,22 +169,9 @@ def _check_workdir(workdir: pathlib.Path, config: TrainConfig) -> None:
         )
 
 
-def _check_data_fits(config: TrainConfig, data: Dataset) -> None:
-    m = config.model
-    if data.vocab_size > m.vocab_size:
-        raise ValueError(
-            f"the data has {data.vocab_size} token ids but model.vocab_size={m.vocab_size}; set "
-            f"model.vocab_size={data.vocab_size}"
-        )
-    if data.seq_len > m.max_seq_len:
-        raise ValueError(
-            f"data.seq_len={data.seq_len} exceeds model.max_seq_len={m.max_seq_len}; set "
-            f"model.max_seq_len={data.seq_len} or lower data.seq_len"
-        )
-
-
 def evaluate(eval_step, params, rest, data: Dataset, config: TrainConfig, sharding) -> dict[str, float]:
-    """Loss, perplexity and accuracy over the scored positions of up to ``eval_batches`` batches."""
+    """The task's evaluation metrics (a language model's loss, perplexity and accuracy) over the scored
+    positions of up to ``eval_batches`` batches."""
     process, processes = jax.process_index(), jax.process_count()
     total = None
     for local in data.eval_batches(
@@ -196,43 +181,7 @@ def evaluate(eval_step, params, rest, data: Dataset, config: TrainConfig, shardi
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     if total is None:
         return {}
-    total = jax.device_get(total)
-    weight = max(float(total.weight), 1.0)
-    loss = float(total.loss) / weight
-    return {
-        "eval_loss": loss,
-        "eval_perplexity": math.exp(min(loss, 80.0)),
-        "eval_accuracy": float(total.correct) / weight,
-        "eval_tokens": float(total.weight),
-    }
-
-
-def _sample(model: nnx.Module, data: Dataset, config: TrainConfig) -> str | None:
-    from jaxflash.inference import generate
-
-    if config.sample_tokens == 0 or not hasattr(model, "step"):
-        return None
-    byte_level = data.vocab_size == 256
-    if byte_level and config.sample_prompt:
-        prompt = np.frombuffer(config.sample_prompt.encode("utf-8"), np.uint8).astype(np.int32)
-    else:
-        prompt = np.asarray(data.example(0)["inputs"][: max(1, data.seq_len // 4)], np.int32)
-    room = config.model.max_seq_len - len(prompt)
-    if room <= 0:
-        prompt = prompt[: config.model.max_seq_len // 2]
-        room = config.model.max_seq_len - len(prompt)
-    new = min(config.sample_tokens, room)
-    tokens = generate(
-        model,
-        prompt[None],
-        new,
-        temperature=config.sample_temperature,
-        key=jax.random.key(config.seed + 1),
-    ).tokens
-    tokens = np.asarray(jax.device_get(tokens))[0]
-    if byte_level:
-        return decode_bytes(tokens[: len(prompt)]) + " ‖ " + decode_bytes(tokens[len(prompt) :])
-    return " ".join(map(str, tokens[: len(prompt)])) + " | " + " ".join(map(str, tokens[len(prompt) :]))
+    return task_for(config).eval_metrics(jax.device_get(total))
 
 
 def _progress(config: TrainConfig, start: int, primary: bool):
@@ -270,7 +219,8 @@ def train(
     shard.check_batch_size(config.batch_size, mesh, config.optim.grad_accum)
     train_data = make_dataset(config.data, "train")
     val_data = make_dataset(config.data, "validation")
-    _check_data_fits(config, train_data)
+    task = task_for(config)
+    task.check_data(train_data)
 
     abstract_model = nnx.eval_shape(lambda: build_model(config.model, seed=config.seed))
     graphdef, _, _ = split_model(abstract_model)
@@ -314,26 +264,29 @@ def train(
     n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     say(
         f"{type(abstract_model).__name__} ({n_params:,} parameters) on {config.data.name} "
-        f"(seq {train_data.seq_len}, vocab {train_data.vocab_size}); {jax.device_count()} device(s), "
+        f"({train_data.describe()}); {jax.device_count()} device(s), "
         f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es)"
     )
 
+    task.on_start(workdir, say)
+
     replicated = shard.replicated(mesh)
     step_fn = jax.jit(
-        make_train_step(graphdef, tx, next_token_loss, grad_accum=config.optim.grad_accum),
+        make_train_step(graphdef, tx, task.loss_fn, grad_accum=config.optim.grad_accum),
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, replicated),
         donate_argnums=0,
     )
     eval_fn = jax.jit(
-        make_eval_step(eval_graphdef(graphdef, state.params, state.rest)),
+        make_eval_step(eval_graphdef(graphdef, state.params, state.rest), task.loss_fn),
         in_shardings=(shardings.params, shardings.rest, batch_sharding),
         out_shardings=replicated,
     )
     schedule = lr_schedule(config)
     writer = MetricWriter(workdir, enabled=primary, tensorboard=config.tensorboard, resume_step=start)
     process, processes = jax.process_index(), jax.process_count()
-    tokens_per_step = config.batch_size * train_data.seq_len
+    items_per_step = task.items_per_step(train_data)
+    rate_key = f"{task.unit}_per_s"
 
     def check_finite() -> None:
         bad = int(jax.device_get(state.bad_step))
@@ -376,27 +329,27 @@ def train(
                     check_finite()
                 last_train = {
                     "loss": float(fetched["loss"].mean()),
-                    "accuracy": float(fetched["accuracy"].mean()),
+                    task.second_metric: float(fetched["accuracy"].mean()),
                     "lr": float(config.optim.lr * schedule(step - 1)),
                     "grad_norm": float(fetched["grad_norm"][-1]),
                     "param_norm": float(fetched["param_norm"][-1]),
                     "update_norm": float(fetched["update_norm"][-1]),
-                    "tokens_per_s": len(window) * tokens_per_step / max(elapsed, 1e-9),
+                    rate_key: len(window) * items_per_step / max(elapsed, 1e-9),
                     "step_time_s": elapsed / len(window),
                 }
                 writer.write(step, last_train)
-                bar.set_postfix(loss=f"{last_train['loss']:.4f}", tok_s=f"{last_train['tokens_per_s']:,.0f}")
+                bar.set_postfix(loss=f"{last_train['loss']:.4f}", rate=f"{last_train[rate_key]:,.0f}")
                 window = []
                 window_start = time.perf_counter()
             if (config.eval_every and step % config.eval_every == 0) or final:
                 last_eval = evaluate(eval_fn, state.params, state.rest, val_data, config, batch_sharding)
+                last_eval.update(task.on_evaluate(state, graphdef, step, workdir))
                 writer.write(step, last_eval)
                 if last_eval and primary and config.progress:
-                    bar.write(
-                        f"step {step}: eval loss {last_eval['eval_loss']:.4f}, accuracy "
-                        f"{last_eval['eval_accuracy']:.3f}",
-                        file=sys.stderr,
+                    shown = ", ".join(
+                        f"{k} {v:.4g}" for k, v in last_eval.items() if not k.endswith(("_tokens", "_images"))
                     )
+                    bar.write(f"step {step}: {shown}", file=sys.stderr)
                 window_start = time.perf_counter()
             if step % config.checkpoint_every == 0 or final:
                 check_finite()
@@ -409,22 +362,9 @@ def train(
         writer.close()
         mngr.close()
 
-    sample = None
-    if step == config.steps:
-        model = nnx.merge(eval_graphdef(graphdef, state.params, state.rest), state.params, state.rest)
-        sample = _sample(model, val_data, config)
-        if sample is not None and primary:
-            (workdir / "sample.txt").write_text(sample + "\n")
+    sample = task.finish(state, graphdef, val_data, workdir) if step == config.steps else None
     if last_train:
-        say(
-            f"step {step}: train loss {last_train['loss']:.4f}, {last_train['tokens_per_s']:,.0f} tokens/s"
-            + (
-                f"; eval loss {last_eval['eval_loss']:.4f}, perplexity {last_eval['eval_perplexity']:.2f}, "
-                f"accuracy {last_eval['eval_accuracy']:.3f}"
-                if last_eval
-                else ""
-            )
-        )
+        say(f"step {step}: {task.summary(last_train, last_eval)}")
     if step == config.steps:
         say(f"checkpoint: {workdir / ckpt.CHECKPOINTS / str(step)}")
     if sample is not None:

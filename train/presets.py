@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from jaxflash.models import (
     AttentionConfig,
+    DiTConfig,
     H3Config,
     HyenaConfig,
     LMConfig,
@@ -23,7 +24,7 @@ from jaxflash.models import (
     m2_gpt_tiny,
     parcae_tiny,
 )
-from jaxflash.train.config import OptimConfig, TrainConfig
+from jaxflash.train.config import DiffusionConfig, OptimConfig, TrainConfig
 
 from jaxflash.data import DataConfig
 
@@ -352,6 +353,34 @@ def selective_copying_hyena() -> TrainConfig:
     )
 
 
+def dit_digits() -> TrainConfig:
+    """A 6-block, width-64 DiT (patch 2, 64 tokens) on scikit-learn's digits upsampled to 16x16."""
+    return TrainConfig(
+        model=DiTConfig(
+            input_size=16,
+            patch_size=2,
+            in_channels=1,
+            d_model=64,
+            n_layers=6,
+            num_heads=4,
+            num_classes=10,
+            implementation="xla",
+        ),
+        data=DataConfig(name="digits", image_size=16, validation_fraction=0.2),
+        # DiT: AdamW at a constant 1e-4, no weight decay; a larger lr and a short warmup suit this size.
+        optim=OptimConfig(lr=3e-4, weight_decay=0.0, schedule="constant", warmup_steps=200, clip_norm=1.0),
+        diffusion=DiffusionConfig(ema_decay=0.999, sample_steps=50),
+        workdir="runs/dit_digits",
+        steps=6000,
+        batch_size=64,
+        checkpoint_every=1000,
+        eval_every=2000,
+        eval_batches=8,
+        log_every=100,
+        sample_tokens=0,
+    )
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "demo": demo,
     **{f"lm_{mixer}": _lm_preset(mixer) for mixer in ("attention", "h3", "hyena", "long_conv")},
@@ -375,6 +404,7 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "mqar_long_conv": mqar_long_conv,
     "mqar_m2": mqar_m2,
     "selective_copying_hyena": selective_copying_hyena,
+    "dit_digits": dit_digits,
 }
 
 

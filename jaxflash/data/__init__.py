@@ -10,12 +10,15 @@ walks the split in order, the last batch padded with weight-0 rows.
 
 Datasets (:data:`DATASETS`): the papers' synthetic recall tasks (safari's induction head and associative
 recall, zoology's MQAR, MAD's selective copying; :mod:`jaxflash.data.synthetic`) and language-model
-corpora (the built-in ``pydoc`` bytes, your text files, a token array; :mod:`jaxflash.data.text`).
+corpora (the built-in ``pydoc`` bytes, your text files, a token array; :mod:`jaxflash.data.text`); and
+class-labelled images for diffusion, scikit-learn's ``digits`` (:mod:`jaxflash.data.images`, batches
+``dict(images=float32 [B, H, W, C] in [-1, 1], labels=int32 [B], weights=float32 [B])``).
 Shuffling and seeds: :mod:`jaxflash.data.base`.
 """
 
-from jaxflash.data.base import SPLITS, Dataset
+from jaxflash.data.base import SPLITS, Dataset, TokenDataset
 from jaxflash.data.config import DATASETS, DataConfig, make_dataset
+from jaxflash.data.images import ImageDataset, digits_split
 from jaxflash.data.synthetic import safari_vocab
 from jaxflash.data.text import END_OF_DOCUMENT, decode_bytes, encode_bytes
 
@@ -25,7 +28,10 @@ __all__ = [
     "SPLITS",
     "DataConfig",
     "Dataset",
+    "ImageDataset",
+    "TokenDataset",
     "decode_bytes",
+    "digits_split",
     "encode_bytes",
     "make_dataset",
     "safari_vocab",

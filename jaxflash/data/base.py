@@ -1,8 +1,11 @@
-"""The dataset contract: a split of ``num_examples`` fixed-length examples, read by step.
+"""The dataset contract: a split of ``num_examples`` fixed-size examples, read by step.
 
-A batch is ``dict(inputs=int32 [B, T], targets=int32 [B, T], weights=float32 [B, T])``: ``targets[:, t]``
-is the label of position ``t`` (next-token prediction) and ``weights`` is 1 where a position is scored,
-0 elsewhere (the papers' ``-100`` ignore index becomes weight 0).
+A batch is a dict of arrays with one row per example and a ``weights`` array, 1 where a row (or a
+position of it) is scored and 0 elsewhere. A token dataset (:class:`TokenDataset`) gives
+``dict(inputs=int32 [B, T], targets=int32 [B, T], weights=float32 [B, T])``: ``targets[:, t]`` is the
+label of position ``t`` (next-token prediction), and the papers' ``-100`` ignore index becomes weight 0.
+An image dataset (:mod:`jaxflash.data.images`) gives ``dict(images=float32 [B, H, W, C], labels=int32
+[B], weights=float32 [B])``.
 
 Batches are stateless by step. Row ``r`` of the global batch of ``batch_size`` rows at ``step`` is global
 example number ``g = step * batch_size + r``, in epoch ``e = g // num_examples``, and reads example
@@ -69,40 +72,32 @@ def _process_rows(batch_size: int, process_index: int, process_count: int) -> np
 
 
 class Dataset:
-    """One split of a dataset: ``num_examples`` examples of ``seq_len`` positions over ``vocab_size``
-    tokens. Subclasses say how to read rows (:meth:`_rows`); reading by step, sharding over processes
-    and evaluation order live here."""
+    """One split of a dataset: ``num_examples`` examples, read by step. Subclasses say how to build a
+    batch from example indices (:meth:`_batch`), whose ``weights`` (0 = not scored) every batch has;
+    reading by step, sharding over processes and evaluation order live here."""
 
-    def __init__(self, *, name: str, split: str, vocab_size: int, seq_len: int, num_examples: int, seed: int):
+    def __init__(self, *, name: str, split: str, num_examples: int, seed: int):
         check_split(split)
         self.name = name
         self.split = split
-        self.vocab_size = check_int("vocab_size", vocab_size)
-        self.seq_len = check_int("seq_len", seq_len)
         self.num_examples = check_int("num_examples", num_examples)
         self.seed = check_int("seed", seed, minimum=0)
         self._permutations: dict[int, np.ndarray] = {}
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, vocab_size={self.vocab_size}, "
-            f"seq_len={self.seq_len}, num_examples={self.num_examples})"
-        )
+        name = type(self).__name__
+        return f"{name}(name={self.name!r}, split={self.split!r}, num_examples={self.num_examples})"
 
-    def _rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Examples ``indices`` (int64 ``[n]``) as ``(inputs, targets, weights)``, each ``[n, seq_len]``."""
-        raise NotImplementedError
+    def describe(self) -> str:
+        """A few words on what one example is, for a run's summary line."""
+        return f"{self.num_examples} examples"
 
     def _batch(self, indices: np.ndarray) -> Batch:
-        inputs, targets, weights = self._rows(indices)
-        return dict(
-            inputs=np.asarray(inputs, np.int32),
-            targets=np.asarray(targets, np.int32),
-            weights=np.asarray(weights, np.float32),
-        )
+        """Examples ``indices`` (int64 ``[n]``) as a batch of arrays with ``n`` rows."""
+        raise NotImplementedError
 
     def example(self, index: int) -> Batch:
-        """Example ``index`` (in split order) as ``dict(inputs, targets, weights)`` of shape ``[seq_len]``."""
+        """Example ``index`` (in split order) as a batch of one row, that row's axis dropped."""
         check_int("index", index, minimum=0)
         if index >= self.num_examples:
             raise ValueError(f"index={index} is out of range for {self.num_examples} examples")
@@ -140,8 +135,8 @@ class Dataset:
         process_count: int = 1,
     ) -> Iterator[Batch]:
         """The split in order, ``batch_size`` rows at a time (this process's slice of each), at most
-        ``max_batches`` batches. The last batch is padded with rows of weight 0 (tokens 0), so over the
-        whole split every example is scored exactly once."""
+        ``max_batches`` batches. The last batch is padded with rows of weight 0 (every array 0 there), so
+        over the whole split every example is scored exactly once."""
         rows = _process_rows(batch_size, process_index, process_count)
         num_batches = cdiv(self.num_examples, batch_size)
         if max_batches is not None:
@@ -151,12 +146,43 @@ class Dataset:
             real = number < self.num_examples
             batch = self._batch(np.where(real, number, 0))
             if not real.all():
-                for k in ("inputs", "targets", "weights"):
-                    batch[k][~real] = 0
+                for value in batch.values():
+                    value[~real] = 0
             yield batch
 
 
-class ExampleDataset(Dataset):
+class TokenDataset(Dataset):
+    """Examples of ``seq_len`` positions over ``vocab_size`` tokens, batched as ``dict(inputs, targets,
+    weights)`` (module docstring). Subclasses say how to read rows (:meth:`_rows`)."""
+
+    def __init__(self, *, name: str, split: str, vocab_size: int, seq_len: int, num_examples: int, seed: int):
+        super().__init__(name=name, split=split, num_examples=num_examples, seed=seed)
+        self.vocab_size = check_int("vocab_size", vocab_size)
+        self.seq_len = check_int("seq_len", seq_len)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, vocab_size={self.vocab_size}, "
+            f"seq_len={self.seq_len}, num_examples={self.num_examples})"
+        )
+
+    def describe(self) -> str:
+        return f"seq {self.seq_len}, vocab {self.vocab_size}"
+
+    def _rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Examples ``indices`` (int64 ``[n]``) as ``(inputs, targets, weights)``, each ``[n, seq_len]``."""
+        raise NotImplementedError
+
+    def _batch(self, indices: np.ndarray) -> Batch:
+        inputs, targets, weights = self._rows(indices)
+        return dict(
+            inputs=np.asarray(inputs, np.int32),
+            targets=np.asarray(targets, np.int32),
+            weights=np.asarray(weights, np.float32),
+        )
+
+
+class ExampleDataset(TokenDataset):
     """A split held as arrays ``inputs``, ``targets`` (token ids) and ``weights`` (scored positions), each
     ``[num_examples, seq_len]``: the generated synthetic tasks."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxflash.data import synthetic, text
+from jaxflash.data import images, synthetic, text
 from jaxflash.data.base import Dataset, check_split
 from jaxflash.utils import check_int, check_real
 
@@ -12,7 +12,7 @@ from jaxflash.utils import check_int, check_real
 @dataclasses.dataclass(frozen=True)
 class _Task:
     description: str
-    seq_len: int
+    seq_len: int | None
     vocab_size: int | None = None
     num_examples: int | None = None
     num_test_examples: int | None = None
@@ -33,7 +33,9 @@ _TASKS: dict[str, _Task] = {
     "selective_copying": _Task(
         "MAD selective copying: the non-blank tokens, in order", 256, 16, 12_800, 1280
     ),
+    "digits": _Task("scikit-learn's 1,797 8x8 handwritten digits, 10 classes (images, for DiT)", None),
 }
+IMAGE_DATASETS = ("digits",)
 
 DATASETS: dict[str, str] = {name: task.description for name, task in _TASKS.items()}
 """Each dataset's name and a one-line description."""
@@ -61,7 +63,8 @@ class DataConfig:
     power_a: float = 0.01  # mqar: query gaps g drawn with p(g) ∝ (g + 1)^(power_a - 1); 1 = uniform
     random_non_queries: bool = True  # mqar: fill the positions between queries with random tokens, not 0
     num_tokens_to_copy: int = 16  # selective_copying
-    validation_fraction: float = 0.1  # corpora: the share of the text held out for validation
+    validation_fraction: float = 0.1  # corpora: the share of the text held out; digits: of the images
+    image_size: int = 8  # digits: the side the 8x8 images are resized to (bilinear)
 
     def __post_init__(self):
         if self.name not in _TASKS:
@@ -82,7 +85,19 @@ class DataConfig:
             raise ValueError(f"name={self.name!r} reads path, which must name a file; got path={self.path!r}")
         if not needs_path and self.path is not None:
             raise ValueError(f"name={self.name!r} reads no files; path must be None, got {self.path!r}")
-        if self.name in text.CORPORA:
+        check_int("image_size", self.image_size)
+        if self.name in IMAGE_DATASETS:
+            for field in ("seq_len", "vocab_size", "num_examples", "num_test_examples"):
+                if getattr(self, field) is not None:
+                    raise ValueError(
+                        f"{field} applies to token datasets; {self.name} is images (set image_size); "
+                        f"got {field}={getattr(self, field)}"
+                    )
+            if self.image_size < images.DIGITS_SIZE:
+                raise ValueError(
+                    f"image_size={self.image_size} must be >= {images.DIGITS_SIZE} (the digits' side)"
+                )
+        elif self.name in text.CORPORA:
             for field in ("num_examples", "num_test_examples"):
                 if getattr(self, field) is not None:
                     raise ValueError(
@@ -114,6 +129,13 @@ def make_dataset(config: DataConfig, split: str) -> Dataset:
         raise TypeError(f"config must be a DataConfig; got {type(config).__name__}")
     check_split(split)
     config = config.with_defaults()
+    if config.name in IMAGE_DATASETS:
+        return images.digits_split(
+            split,
+            image_size=config.image_size,
+            validation_fraction=config.validation_fraction,
+            seed=config.seed,
+        )
     if config.name in text.CORPORA:
         return text.corpus_split(config, split)
     return synthetic.synthetic_split(config, split)

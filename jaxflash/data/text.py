@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxflash.data.base import Dataset
+from jaxflash.data.base import TokenDataset
 
 if TYPE_CHECKING:
     from jaxflash.data.config import DataConfig
@@ -146,7 +146,7 @@ def load_tokens(path: str, token_dtype: str = "uint16") -> np.ndarray:
     return tokens
 
 
-class TokenWindows(Dataset):
+class TokenWindows(TokenDataset):
     """A split of a token stream, example ``i`` the window ``tokens[i*T : i*T + T + 1]`` (module docstring).
     ``tokens`` is the split's whole stream (possibly memory-mapped)."""
 

@@ -12,10 +12,12 @@ Installed as ``jaxflash.diffusion``; a port of DiT's ``diffusion/`` package (its
 
 Modules: ``schedule`` (betas, respacing, the :class:`Diffusion` constants), ``gaussian`` (forward
 process, posterior, the model's reverse step, the loss), ``likelihood`` (normal KL, discretised
-Gaussian log-likelihood), ``sampling`` (DDPM, DDIM), ``ema``.
+Gaussian log-likelihood), ``sampling`` (DDPM, DDIM, :func:`sample_dit`), ``ema`` (the average, also as
+an optax transformation), ``evaluate`` (digits-FD and its floor and ceiling, sample grids as PNG).
 """
 
-from jaxflash.diffusion.ema import ema_update
+from jaxflash.diffusion.ema import EmaParamsState, ema_params, ema_update, find_ema_params
+from jaxflash.diffusion.evaluate import DigitsEvaluator, frechet_distance
 from jaxflash.diffusion.gaussian import (
     MeanVariance,
     mean_flat,
@@ -34,7 +36,7 @@ from jaxflash.diffusion.likelihood import (
     discretized_gaussian_log_likelihood,
     normal_kl,
 )
-from jaxflash.diffusion.sampling import ddim_sample, ddim_sample_loop, p_sample, p_sample_loop
+from jaxflash.diffusion.sampling import ddim_sample, ddim_sample_loop, p_sample, p_sample_loop, sample_dit
 from jaxflash.diffusion.schedule import (
     Diffusion,
     cosine_beta_schedule,
@@ -48,6 +50,8 @@ from jaxflash.diffusion.schedule import (
 
 __all__ = [
     "Diffusion",
+    "DigitsEvaluator",
+    "EmaParamsState",
     "MeanVariance",
     "approx_standard_normal_cdf",
     "cosine_beta_schedule",
@@ -55,7 +59,10 @@ __all__ = [
     "ddim_sample",
     "ddim_sample_loop",
     "discretized_gaussian_log_likelihood",
+    "ema_params",
     "ema_update",
+    "find_ema_params",
+    "frechet_distance",
     "gaussian_diffusion",
     "linear_beta_schedule",
     "mean_flat",
@@ -71,6 +78,7 @@ __all__ = [
     "q_posterior_mean_variance",
     "q_sample",
     "respace_betas",
+    "sample_dit",
     "space_timesteps",
     "training_losses",
     "vb_terms_bpd",

@@ -468,6 +468,7 @@ def test_registry_defaults_and_splits():
         "associative_recall",
         "mqar",
         "selective_copying",
+        "digits",
     }
     assert all(isinstance(d, str) and d for d in DATASETS.values())
     defaults = DataConfig(name="mqar").with_defaults()
@@ -476,3 +477,54 @@ def test_registry_defaults_and_splits():
     assert DataConfig(name="selective_copying").with_defaults().vocab_size == 16
     with pytest.raises(ValueError, match="split must be one of \\('train', 'validation'\\); got 'test'"):
         make_dataset(DataConfig(), "test")
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+
+def test_digits_splits_are_disjoint_deterministic_and_in_range():
+    from sklearn.datasets import load_digits
+
+    train = make_dataset(DataConfig(name="digits"), "train")
+    val = make_dataset(DataConfig(name="digits"), "validation")
+    assert (train.num_examples, val.num_examples) == (1617, 180)
+    assert (train.image_size, train.channels, train.num_classes) == (8, 1, 10)
+    # Every image is one of scikit-learn's, mapped by x / 8 - 1, and the two splits share none.
+    raw = load_digits()
+    want = {
+        (img.astype(np.float32) / 8 - 1).tobytes(): y for img, y in zip(raw.images, raw.target, strict=True)
+    }
+    seen = [img[..., 0].tobytes() for img in np.concatenate([train.images, val.images])]
+    assert len(set(seen)) == len(set(want)) and set(seen) <= set(want)
+    assert not {i.tobytes() for i in train.images} & {i.tobytes() for i in val.images}
+    assert all(want[img[..., 0].tobytes()] == y for img, y in zip(val.images, val.labels, strict=True))
+    again = make_dataset(DataConfig(name="digits"), "validation")
+    np.testing.assert_array_equal(again.images, val.images)
+    other = make_dataset(DataConfig(name="digits", seed=1), "validation")
+    assert not np.array_equal(other.labels, val.labels)
+
+
+def test_digits_batches_by_step_and_eval_padding():
+    data = make_dataset(DataConfig(name="digits", image_size=16), "train")
+    batch = data.batch(5, 32)
+    assert batch["images"].shape == (32, 16, 16, 1) and batch["images"].dtype == np.float32
+    assert batch["labels"].dtype == np.int32 and batch["weights"].tolist() == [1.0] * 32
+    assert -1.0 <= batch["images"].min() and batch["images"].max() <= 1.0
+    np.testing.assert_array_equal(data.batch(5, 32)["images"], batch["images"])
+    halves = [data.batch(5, 32, process_index=i, process_count=2)["labels"] for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate(halves), batch["labels"])
+    last = list(make_dataset(DataConfig(name="digits"), "validation").eval_batches(64))[-1]
+    assert last["weights"].sum() == 180 - 128 and (last["images"][52:] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="digits", seq_len=64), "seq_len applies to token datasets"),
+        (dict(name="digits", image_size=4), "image_size=4 must be >= 8"),
+        (dict(name="digits", path="x.png"), "reads no files"),
+    ],
+)
+def test_digits_config_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**kwargs)
