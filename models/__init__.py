@@ -14,7 +14,10 @@ Presets are functions returning configs (``tiny_lm("hyena")``, ``hyena_153m()``)
 their names to them; the DiT presets are in ``DIT_PRESETS`` under DiT's names (``"DiT-XL/2"``,
 ``"DiT-S/8"``, ``"DiT-tiny"``). The layers compose into other models: the mixers (``Attention``, ``H3``,
 ``HyenaOperator``, ``LongConv``, ``S4D``, ``M2Mixer``) share ``__call__`` / ``init_state`` / ``step``, and
-``Block`` wraps any of them with an ``MLP`` (see ``transformer.py``).
+``Block`` wraps any of them with an ``MLP`` (see ``transformer.py``). ``graft`` swaps a DiT block's attention
+or MLP for one of the ``OPERATORS`` (``HyenaX``, ``HyenaY``, ``HyenaSE``, ``SlidingWindowAttention``,
+``LinearAttention``, an MLP of another ratio) and ``parallelize`` runs pairs of blocks side by side
+(``graft.py``, Chandrasegaran et al. 2025).
 """
 
 from jaxflash.models.config import (
@@ -46,6 +49,21 @@ from jaxflash.models.config import (
     tiny_lm,
 )
 from jaxflash.models.dit import DiT, DiTBlock, FinalLayer, LabelEmbedder, SelfAttention, TimestepEmbedder
+from jaxflash.models.graft import (
+    OPERATORS,
+    HyenaSE,
+    HyenaX,
+    HyenaY,
+    LinearAttention,
+    ParallelDiTBlock,
+    SlidingWindowAttention,
+    graft,
+    interleaved,
+    make_operator,
+    mlp_operator,
+    parallelize,
+    trace_block,
+)
 from jaxflash.models.h3 import H3, S4D, SSMParam
 from jaxflash.models.hyena import HyenaFilter, HyenaOperator, ShortConv
 from jaxflash.models.lm import M2GPT, DecoderLM, LanguageModel
@@ -62,6 +80,7 @@ __all__ = [
     "M2GPT",
     "M2_FILTER",
     "MLP",
+    "OPERATORS",
     "PARCAE_ATTENTION",
     "PRESETS",
     "H3",
@@ -79,9 +98,13 @@ __all__ = [
     "HyenaConfig",
     "HyenaFilter",
     "HyenaOperator",
+    "HyenaSE",
+    "HyenaX",
+    "HyenaY",
     "LMConfig",
     "LabelEmbedder",
     "LanguageModel",
+    "LinearAttention",
     "LongConv",
     "LongConvConfig",
     "M2Bert",
@@ -92,25 +115,33 @@ __all__ = [
     "NoDecayParam",
     "Parcae",
     "ParcaeConfig",
+    "ParallelDiTBlock",
     "S4D",
     "S4DConfig",
     "SSMParam",
     "SelfAttention",
     "ShortConv",
+    "SlidingWindowAttention",
     "TimestepEmbedder",
     "dit",
     "dit_d14",
     "dit_tiny",
     "gpt2_125m",
+    "graft",
     "h3_125m",
     "hyena_153m",
+    "interleaved",
     "m2_bert_80m",
     "m2_bert_tiny",
     "m2_gpt_tiny",
+    "make_operator",
+    "mlp_operator",
+    "parallelize",
     "parameter_count",
     "parcae_140m",
     "parcae_tiny",
     "rope",
     "step_blocks",
     "tiny_lm",
+    "trace_block",
 ]

@@ -335,15 +335,33 @@ class DiT(nnx.Module):
         *,
         force_drop_ids: Int[Array, " b"] | None = None,
     ) -> Float[Array, "b h w co"]:
+        h, c = self.embed(x, t, y, force_drop_ids=force_drop_ids)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.head(h, c)
+
+    def embed(
+        self,
+        x: Float[Array, "b h w c"],
+        t: Float[Array, " b"],
+        y: Int[Array, " b"],
+        *,
+        force_drop_ids: Int[Array, " b"] | None = None,
+        **drop_kw: Any,
+    ) -> tuple[Float[Array, "b t d"], Float[Array, "b d"]]:
+        """What the blocks read: the tokens ``h = Linear(patchify(x)) + pos [b, T, D]`` and the
+        conditioning ``c = t_embedder(t) + y_embedder(y) [b, D]`` (labels dropped as in ``__call__``;
+        ``drop_kw`` goes to :meth:`LabelEmbedder.drop`, e.g. ``deterministic=True``)."""
         cfg = self.config
         t, y = self._check_inputs(x, t, y)
         h = self.x_embedder(patchify(x.astype(cfg.compute_dtype), cfg.patch_size))
         h = h + self.pos_embed.astype(h.dtype)
-        c = self.t_embedder(t) + self.y_embedder(y, force_drop_ids=force_drop_ids)
-        for block in self.blocks:
-            h = block(h, c)
-        out = self.final_layer(h, c)
-        return unpatchify(out, cfg.patch_size, cfg.out_channels).astype(jnp.float32)
+        return h, self.t_embedder(t) + self.y_embedder(y, force_drop_ids=force_drop_ids, **drop_kw)
+
+    def head(self, h: Float[Array, "b t d"], c: Float[Array, "b d"]) -> Float[Array, "b h w co"]:
+        """The final layer and unpatchify on the blocks' output: ``[b, H, W, C_out]`` float32."""
+        cfg = self.config
+        return unpatchify(self.final_layer(h, c), cfg.patch_size, cfg.out_channels).astype(jnp.float32)
 
     def forward_with_cfg(
         self,

@@ -172,6 +172,26 @@ class LanguageModelTask(Task):
 _EVAL_KEY = 0
 
 
+def diffusion_loss(
+    diffusion: Any, model: nnx.Module, batch: Batch, key: jax.Array | None, *, train: bool = True
+) -> Sums:
+    """DiT's loss on ``batch = dict(images, labels, weights)``: ``t`` uniform over the chain and the noise
+    drawn from ``key`` (a fixed key when None, as evaluation passes), :func:`jaxflash.diffusion.
+    training_losses` per image; ``Sums.loss`` sums the loss, ``Sums.correct`` the epsilon MSE."""
+    from jaxflash.diffusion import training_losses
+
+    del train  # label dropout follows the model's own train / eval mode
+    x0, labels, weights = batch["images"], batch["labels"], batch["weights"].astype(jnp.float32)
+    key = jax.random.key(_EVAL_KEY) if key is None else key
+    t_key, noise_key = jax.random.split(key)
+    t = jax.random.randint(t_key, labels.shape, 0, diffusion.num_timesteps)
+    noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+    terms = training_losses(diffusion, lambda x, ts: model(x, ts, labels), x0, t, noise)
+    return Sums(
+        loss=(terms["loss"] * weights).sum(), weight=weights.sum(), correct=(terms["mse"] * weights).sum()
+    )
+
+
 class DiffusionTask(Task):
     """DiT's diffusion training on class-labelled images (module docstring)."""
 
@@ -195,17 +215,7 @@ class DiffusionTask(Task):
         self._evaluator = None
 
     def loss_fn(self, model, batch, key, *, train=True):
-        from jaxflash.diffusion import training_losses
-
-        x0, labels, weights = batch["images"], batch["labels"], batch["weights"].astype(jnp.float32)
-        key = jax.random.key(_EVAL_KEY) if key is None else key
-        t_key, noise_key = jax.random.split(key)
-        t = jax.random.randint(t_key, labels.shape, 0, self.diffusion.num_timesteps)
-        noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
-        terms = training_losses(self.diffusion, lambda x, ts: model(x, ts, labels), x0, t, noise)
-        return Sums(
-            loss=(terms["loss"] * weights).sum(), weight=weights.sum(), correct=(terms["mse"] * weights).sum()
-        )
+        return diffusion_loss(self.diffusion, model, batch, key, train=train)
 
     def check_data(self, data: Dataset) -> None:
         m = self.config.model

@@ -13,9 +13,11 @@ Installed as ``jaxflash.diffusion``; a port of DiT's ``diffusion/`` package (its
 Modules: ``schedule`` (betas, respacing, the :class:`Diffusion` constants), ``gaussian`` (forward
 process, posterior, the model's reverse step, the loss), ``likelihood`` (normal KL, discretised
 Gaussian log-likelihood), ``sampling`` (DDPM, DDIM, :func:`sample_dit`), ``ema`` (the average, also as
-an optax transformation), ``evaluate`` (digits-FD and its floor and ceiling, sample grids as PNG).
+an optax transformation), ``evaluate`` (digits-FD and its floor and ceiling, sample grids as PNG),
+``graft`` (stage 1 of grafting: the teacher's operator activations and their distillation).
 """
 
+from jaxflash.diffusion.chipmunk import ChipmunkConfig, ChipmunkStats, chipmunk_sample
 from jaxflash.diffusion.ema import EmaParamsState, ema_params, ema_update, find_ema_params
 from jaxflash.diffusion.evaluate import DigitsEvaluator, frechet_distance
 from jaxflash.diffusion.gaussian import (
@@ -31,6 +33,7 @@ from jaxflash.diffusion.gaussian import (
     training_losses,
     vb_terms_bpd,
 )
+from jaxflash.diffusion.graft import Activations, collect_activations, distill_operator, finetune, regression_loss
 from jaxflash.diffusion.likelihood import (
     approx_standard_normal_cdf,
     discretized_gaussian_log_likelihood,
@@ -49,19 +52,26 @@ from jaxflash.diffusion.schedule import (
 )
 
 __all__ = [
+    "Activations",
+    "ChipmunkConfig",
+    "ChipmunkStats",
     "Diffusion",
     "DigitsEvaluator",
     "EmaParamsState",
     "MeanVariance",
     "approx_standard_normal_cdf",
+    "chipmunk_sample",
+    "collect_activations",
     "cosine_beta_schedule",
     "create_diffusion",
     "ddim_sample",
     "ddim_sample_loop",
     "discretized_gaussian_log_likelihood",
+    "distill_operator",
     "ema_params",
     "ema_update",
     "find_ema_params",
+    "finetune",
     "frechet_distance",
     "gaussian_diffusion",
     "linear_beta_schedule",
@@ -77,6 +87,7 @@ __all__ = [
     "q_mean_variance",
     "q_posterior_mean_variance",
     "q_sample",
+    "regression_loss",
     "respace_betas",
     "sample_dit",
     "space_timesteps",
