@@ -33,7 +33,13 @@ from jaxflash.diffusion.gaussian import (
     training_losses,
     vb_terms_bpd,
 )
-from jaxflash.diffusion.graft import Activations, collect_activations, distill_operator, finetune, regression_loss
+from jaxflash.diffusion.graft import (
+    Activations,
+    collect_activations,
+    distill_operator,
+    finetune,
+    regression_loss,
+)
 from jaxflash.diffusion.likelihood import (
     approx_standard_normal_cdf,
     discretized_gaussian_log_likelihood,
