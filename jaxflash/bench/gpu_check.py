@@ -39,6 +39,7 @@ OUT_ENV_VAR = "JAXFLASH_GPU_CHECK_OUT"
 GPU_ORDER = (
     "fftconv",
     "monarch",
+    "diffusion",
     "attention",
     "matmul",
     "models",

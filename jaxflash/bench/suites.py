@@ -23,6 +23,7 @@ SUITE_MODULES: dict[str, str] = {
     "inference": "jaxflash.bench.inference",
     "quant": "jaxflash.bench.quant",
     "offload": "jaxflash.bench.offload",
+    "diffusion": "jaxflash.bench.diffusion",
 }
 
 

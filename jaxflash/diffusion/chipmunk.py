@@ -98,6 +98,10 @@ class ChipmunkConfig:
       mlp_random_keys: fraction of the remaining hidden units added at random per row block, in [0, 1]
         (FLUX 0.05).
       mlp_block_rows: tokens per MLP row block, which share one set of hidden units (Chipmunk: 128).
+      mlp_shared_units: one set of hidden units for all row blocks and samples (their scores averaged):
+        the delta becomes two plain matmuls over a column slice of ``W1`` and a row slice of ``W2``, with
+        no per-block gathers. A coarsening of Chipmunk's per-block sets for hardware (a CPU) where
+        small gathered matmuls cost more than they save.
       full_step_every: a step ``s`` with ``s % full_step_every == 0`` is full (Chipmunk: 10).
       first_full_steps: steps ``s < first_full_steps`` are full too (Chipmunk: ``step < 2``).
       first_dense_layers: the first blocks, always dense (Chipmunk: 2).
@@ -115,6 +119,7 @@ class ChipmunkConfig:
     mlp_top_keys: float = 0.3
     mlp_random_keys: float = 0.0
     mlp_block_rows: int = 16
+    mlp_shared_units: bool = False
     full_step_every: int = 10
     first_full_steps: int = 2
     first_dense_layers: int = 1
@@ -132,7 +137,7 @@ class ChipmunkConfig:
             check_int(name, getattr(self, name))
         for name in ("first_full_steps", "first_dense_layers"):
             check_int(name, getattr(self, name), minimum=0)
-        for name in ("sparse_attn", "sparse_mlp"):
+        for name in ("sparse_attn", "sparse_mlp", "mlp_shared_units"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool; got {getattr(self, name)!r}")
         if self.reorder_patch is not None:
@@ -308,6 +313,8 @@ def mlp_sparse(
     w1, b1, w2 = _weights(mlp)
     hidden_width = w1.shape[1]
     mean_now = _block_mean_preactivation(mlp, u, rows)  # [b, n, F]
+    if config.mlp_shared_units:
+        return _mlp_sparse_shared(u, cache, config, mean_now, (w1, b1, w2), key)
     units, _ = jaxflash.topk_columns(
         jnp.abs(mean_now - cache.mean_pre),
         config.mlp_units(hidden_width),
@@ -336,6 +343,31 @@ def mlp_sparse(
 
     new = MlpCache(unblock(hidden), unblock(out), mean_pre)
     return new.out.astype(u.dtype), new, units
+
+
+def _mlp_sparse_shared(u, cache: MlpCache, config: ChipmunkConfig, mean_now, weights, key):
+    """:func:`mlp_sparse` with one unit set ``J [k]`` for every token (``config.mlp_shared_units``)."""
+    w1, b1, w2 = weights
+    b, n = mean_now.shape[:2]
+    score = jnp.abs(mean_now - cache.mean_pre).mean((0, 1))  # [F]
+    units, _ = jaxflash.topk_columns(
+        score[None], config.mlp_units(w1.shape[1]), random_fraction=config.mlp_random_keys, key=key
+    )
+    units = units[0]  # [k]
+    pre = jnp.einsum(
+        "btd,dk->btk",
+        u,
+        w1[:, units].astype(u.dtype),
+        precision=matmul_precision(u.dtype),
+        preferred_element_type=jnp.float32,
+    )
+    a = jax.nn.gelu(pre + b1[units], approximate=True)  # [b, T, k]
+    delta = a - cache.hidden[..., units]
+    out = cache.out + jnp.einsum("btk,kd->btd", delta, w2[units], precision=matmul_precision(jnp.float32))
+    new = MlpCache(
+        cache.hidden.at[..., units].set(a), out, cache.mean_pre.at[..., units].set(mean_now[..., units])
+    )
+    return out.astype(u.dtype), new, jnp.broadcast_to(units, (b, n, units.shape[0]))
 
 
 # --- the model ----------------------------------------------------------------------------------------
@@ -480,6 +512,7 @@ def _guided_forward(model, x, t, y, states, cfg_scale, *, guided, guidance_chann
 @functools.partial(
     jax.jit,
     static_argnames=("graphdef", "config", "full", "guided", "guidance_channels", "clip_denoised", "stats"),
+    donate_argnames=("x", "states"),
 )
 def _chipmunk_step(
     graphdef,

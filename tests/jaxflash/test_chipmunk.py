@@ -88,6 +88,9 @@ def test_every_column_kept_equals_dense_sampling(model, diffusion, dense_samples
     config = ChipmunkConfig(attn_top_keys=1.0, mlp_top_keys=1.0, full_step_every=EVERY)
     x = chipmunk_sample(model, LABELS, key, diffusion=diffusion, config=config, cfg_scale=cfg_scale)
     assert_sample_close(x, dense[cfg_scale])
+    shared = dataclasses.replace(config, mlp_shared_units=True)
+    x = chipmunk_sample(model, LABELS, key, diffusion=diffusion, config=shared, cfg_scale=cfg_scale)
+    assert_sample_close(x, dense[cfg_scale])
 
 
 def test_every_step_full_equals_dense_sampling(model, diffusion, dense_samples):
@@ -160,11 +163,11 @@ def test_attention_delta_is_exact_at_the_full_step_and_with_every_column(model, 
     assert_close(attention_sparse(attn, later, cache, every), attn(later), scale=10)
 
 
-@pytest.mark.parametrize("tokens", [64, 61])
-def test_mlp_delta_is_exact_at_the_full_step_and_with_every_unit(model, key, tokens):
+@pytest.mark.parametrize("tokens, shared", [(64, False), (61, False), (61, True)])
+def test_mlp_delta_is_exact_at_the_full_step_and_with_every_unit(model, key, tokens, shared):
     mlp = model.blocks[1].mlp
     u, later = block_inputs(key, tokens)
-    config = ChipmunkConfig()
+    config = ChipmunkConfig(mlp_shared_units=shared)
     out, cache = mlp_full(mlp, u, config)
     assert_close(out, mlp(u))
     # At the input it was cached on, any subset recomputes the same values.
@@ -176,7 +179,7 @@ def test_mlp_delta_is_exact_at_the_full_step_and_with_every_unit(model, key, tok
     assert_close(out, mlp.fc2(new.hidden), scale=10)
     assert float(jnp.abs(out - mlp(later)).max()) > 0
 
-    every = ChipmunkConfig(mlp_top_keys=1.0)
+    every = ChipmunkConfig(mlp_top_keys=1.0, mlp_shared_units=shared)
     _, cache = mlp_full(mlp, u, every)
     out, new, _ = mlp_sparse(mlp, later, cache, every)
     assert_close(out, mlp(later), scale=10)
@@ -248,6 +251,7 @@ def test_reordering_round_trip_is_exact(key, grid, tile):
         ("first_dense_layers", -1),
         ("sparse_attn", 1),
         ("sparse_mlp", "yes"),
+        ("mlp_shared_units", 1),
         ("reorder_patch", 0),
         ("attn_implementation", 3),
     ],
