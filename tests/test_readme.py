@@ -22,9 +22,8 @@ def _blocks() -> dict[str, str]:
 
 
 def test_the_readme_has_the_examples():
-    assert {"Example", "Models", "Train", "Checkpoints", "Inference", "Quantization and offloading"} <= set(
-        _blocks()
-    )
+    sections = {"Example", "Models", "Train", "Checkpoints", "Inference", "Quantization and offloading"}
+    assert sections | {"Diffusion"} <= set(_blocks())
 
 
 def test_op_example(capsys):
@@ -99,3 +98,16 @@ def test_quantization_and_offloading_example(capsys):
     assert scope["stats"].disk_to_device_bytes > 0
     out = capsys.readouterr().out
     assert "4.5" in out and "--percent" in out
+
+
+def test_diffusion_example():
+    """DiT's loss, guided DDIM sampling, a graft and Chipmunk sampling, at init."""
+    from jaxflash.models import HyenaY
+
+    scope: dict = {}
+    exec(_blocks()["Diffusion"], scope)
+    assert set(scope["losses"]) == {"loss", "mse", "vb"} and bool(jnp.isfinite(scope["losses"]["loss"]).all())
+    assert scope["images"].shape == (4, 8, 8, 1) and scope["fast"].shape == (4, 8, 8, 1)
+    assert isinstance(scope["hybrid"].blocks[1].attn, HyenaY) and not isinstance(
+        scope["dit"].blocks[1].attn, HyenaY
+    )
