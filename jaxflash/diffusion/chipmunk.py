@@ -98,10 +98,13 @@ class ChipmunkConfig:
       mlp_random_keys: fraction of the remaining hidden units added at random per row block, in [0, 1]
         (FLUX 0.05).
       mlp_block_rows: tokens per MLP row block, which share one set of hidden units (Chipmunk: 128).
-      mlp_shared_units: one set of hidden units for all row blocks and samples (their scores averaged):
-        the delta becomes two plain matmuls over a column slice of ``W1`` and a row slice of ``W2``, with
-        no per-block gathers. A coarsening of Chipmunk's per-block sets for hardware (a CPU) where
-        small gathered matmuls cost more than they save.
+      mlp_shared_units: one set ``J`` of hidden units for all row blocks and samples (their scores
+        averaged), the delta taken against the last full step:
+        ``Y = Y_full + (gelu(u W1[:, J] + b1[J]) - gelu(u_full W1[:, J] + b1[J])) W2[J]``, with the
+        full step's input ``u_full`` cached. Only weights are sliced; no activation is gathered or
+        scattered (on a CPU those cost more than the matmuls they save). Units refreshed at an earlier
+        sparse step but not at this one fall back to their full-step values, where Chipmunk's
+        cumulative update keeps the refresh.
       full_step_every: a step ``s`` with ``s % full_step_every == 0`` is full (Chipmunk: 10).
       first_full_steps: steps ``s < first_full_steps`` are full too (Chipmunk: ``step < 2``).
       first_dense_layers: the first blocks, always dense (Chipmunk: 2).
@@ -250,6 +253,7 @@ class MlpCache(NamedTuple):
     hidden: Float[Array, "b t f"]  # A = gelu(W1 u + b1), as last computed per unit and row block
     out: Float[Array, "b t d"]  # Y
     mean_pre: Float[Array, "b n f"]  # M: per row block, the mean pre-activation A was computed from
+    inputs: Float[Array, "b t d"]  # u of the last full step (what the shared-units delta is taken from)
 
 
 def _weights(mlp: MLP) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -290,7 +294,7 @@ def mlp_full(
     hidden = jax.nn.gelu(mlp.fc1(u), approximate=True)
     out = mlp.fc2(hidden)
     mean_pre = _block_mean_preactivation(mlp, u, config.mlp_block_rows)
-    return out, MlpCache(hidden.astype(jnp.float32), out.astype(jnp.float32), mean_pre)
+    return out, MlpCache(hidden.astype(jnp.float32), out.astype(jnp.float32), mean_pre, u)
 
 
 def mlp_sparse(
@@ -341,12 +345,13 @@ def mlp_sparse(
     def unblock(x):
         return x.reshape(b, -1, x.shape[-1])[:, :t]
 
-    new = MlpCache(unblock(hidden), unblock(out), mean_pre)
+    new = MlpCache(unblock(hidden), unblock(out), mean_pre, cache.inputs)
     return new.out.astype(u.dtype), new, units
 
 
 def _mlp_sparse_shared(u, cache: MlpCache, config: ChipmunkConfig, mean_now, weights, key):
-    """:func:`mlp_sparse` with one unit set ``J [k]`` for every token (``config.mlp_shared_units``)."""
+    """:func:`mlp_sparse` with one unit set ``J [k]`` for every token, against the last full step
+    (``config.mlp_shared_units``)."""
     w1, b1, w2 = weights
     b, n = mean_now.shape[:2]
     score = jnp.abs(mean_now - cache.mean_pre).mean((0, 1))  # [F]
@@ -354,20 +359,16 @@ def _mlp_sparse_shared(u, cache: MlpCache, config: ChipmunkConfig, mean_now, wei
         score[None], config.mlp_units(w1.shape[1]), random_fraction=config.mlp_random_keys, key=key
     )
     units = units[0]  # [k]
-    pre = jnp.einsum(
-        "btd,dk->btk",
-        u,
-        w1[:, units].astype(u.dtype),
-        precision=matmul_precision(u.dtype),
-        preferred_element_type=jnp.float32,
-    )
-    a = jax.nn.gelu(pre + b1[units], approximate=True)  # [b, T, k]
-    delta = a - cache.hidden[..., units]
-    out = cache.out + jnp.einsum("btk,kd->btd", delta, w2[units], precision=matmul_precision(jnp.float32))
-    new = MlpCache(
-        cache.hidden.at[..., units].set(a), out, cache.mean_pre.at[..., units].set(mean_now[..., units])
-    )
-    return out.astype(u.dtype), new, jnp.broadcast_to(units, (b, n, units.shape[0]))
+    w1_j, b1_j, w2_j = w1[:, units], b1[units], w2[units]
+    hi = matmul_precision(jnp.float32)
+
+    def act(x):
+        pre = jnp.einsum("btd,dk->btk", x.astype(jnp.float32), w1_j, precision=hi)
+        return jax.nn.gelu(pre + b1_j, approximate=True)
+
+    out = cache.out + jnp.einsum("btk,kd->btd", act(u) - act(cache.inputs), w2_j, precision=hi)
+    # The cache stays the full step's: every sparse step's delta is taken from it.
+    return out.astype(u.dtype), cache, jnp.broadcast_to(units, (b, n, units.shape[0]))
 
 
 # --- the model ----------------------------------------------------------------------------------------

@@ -307,6 +307,11 @@ CHIPMUNK_VARIANTS = (
     ("chipmunk attn 25% only, full every 10", {"sparse_mlp": False}),
     ("chipmunk attn 25%, mlp 30%, 4x4 tiles", {"reorder_patch": 4}),
     ("chipmunk attn 25%, mlp 30% shared units", {"mlp_shared_units": True}),
+    (
+        "chipmunk attn 25%, mlp 30% shared units, full every 25",
+        {"mlp_shared_units": True, "full_step_every": 25},
+    ),
+    ("chipmunk mlp 30% shared units only", {"mlp_shared_units": True, "sparse_attn": False}),
 )
 
 

@@ -174,16 +174,22 @@ def test_mlp_delta_is_exact_at_the_full_step_and_with_every_unit(model, key, tok
     same, _, units = mlp_sparse(mlp, u, cache, config)
     assert units.shape == (2, 4, config.mlp_units(CONFIG.ffn_dim))
     assert_close(same, mlp(u), scale=10)
-    # Partly updated, the cache stays consistent: out = hidden W2 + b2.
-    out, new, _ = mlp_sparse(mlp, later, cache, config)
-    assert_close(out, mlp.fc2(new.hidden), scale=10)
+    out, new, units = mlp_sparse(mlp, later, cache, config)
     assert float(jnp.abs(out - mlp(later)).max()) > 0
+    if shared:  # the delta from the full step: Y_full + (a(later) - a(u))[J] W2[J]
+        j = units[0, 0]
+        w2 = mlp.fc2.kernel[...][j]
+        act = lambda x: jax.nn.gelu(mlp.fc1(x), approximate=True)[..., j]  # noqa: E731
+        assert_close(out, mlp(u) + (act(later) - act(u)) @ w2, scale=10)
+    else:  # partly updated, the cache stays consistent: out = hidden W2 + b2
+        assert_close(out, mlp.fc2(new.hidden), scale=10)
 
     every = ChipmunkConfig(mlp_top_keys=1.0, mlp_shared_units=shared)
     _, cache = mlp_full(mlp, u, every)
     out, new, _ = mlp_sparse(mlp, later, cache, every)
     assert_close(out, mlp(later), scale=10)
-    assert_close(new.hidden, jax.nn.gelu(mlp.fc1(later), approximate=True), scale=10)
+    if not shared:
+        assert_close(new.hidden, jax.nn.gelu(mlp.fc1(later), approximate=True), scale=10)
 
 
 def test_deltas_are_per_sample_and_random_columns_are_added(model, key):
