@@ -13,9 +13,9 @@ conditional samples (DDIM, 50 steps, no guidance, each predicted ``x_0`` clipped
   stage 1 (each new operator distilled on the teacher's operator activations at noised training images,
   L1; its held-out MSE on the validation images next to the zero-output baseline) then stage 2
   (:func:`jaxflash.diffusion.finetune` on 10% of the training images);
-- the controls: self-grafts (a fresh MHA, an MLP of ratio 4, through both stages), stage 2 without
-  stage 1 (random operators), and the same hybrid trained from scratch (every weight random) for the
-  stage-2 budget;
+- the controls: the teacher through stage 2 alone (what the finetune itself costs), self-grafts (a
+  fresh MHA, an MLP of ratio 4, through both stages), stage 2 without stage 1 (random operators), and
+  the same hybrid trained from scratch (every weight random) for the stage-2 budget;
 - the depth-to-width restructuring (:func:`jaxflash.models.parallelize`) finetuned with the stage-2
   recipe, against a model of its depth trained from scratch for the same budget.
 
@@ -255,6 +255,12 @@ def run_graft(args: argparse.Namespace) -> int:
                 indices=idx,
             )
     half = interleaved(n, 0.5)
+    variant(
+        "control: the teacher, stage 2 only (no graft)",
+        lambda: nnx.clone(ex.teacher),
+        stage1_kind=None,
+        indices=None,
+    )
     controls = (
         ("self-graft MHA -> MHA, 50%", "attn", "mha", {}),
         ("self-graft MLP -> MLP r 4, 50%", "mlp", "mlp", {"ratio": 4.0}),
