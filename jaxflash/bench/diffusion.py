@@ -12,7 +12,9 @@ jaxflash.diffusion.experiments``, REPRODUCTIONS.md). Candidates:
   (the odd ones), and the depth-halved parallel model (:func:`jaxflash.models.parallelize`);
 - Chipmunk (:func:`jaxflash.diffusion.chipmunk_sample`): the attention and MLP deltas at the defaults
   (25% of key columns per 16-query group, 30% of hidden units per 16-row block, a full step every 10,
-  the first block dense), attention only, and with the tokens reordered into 4x4 tiles.
+  the first block dense), attention only, with the tokens reordered into 4x4 tiles, and with one set of
+  MLP hidden units shared by all tokens (``mlp_shared_units``: weights sliced, no activation gathered),
+  with and without the attention delta.
 
 ``GPU_CHECKS``: the compiled linear-attention and column-sparse-attention kernels against their
 references, forward and gradients, on the GPU (``make gpu-check``).
@@ -83,6 +85,8 @@ CHIPMUNK = {
     "chipmunk (attn + mlp)": {},
     "chipmunk (attn only)": {"sparse_mlp": False},
     "chipmunk (attn + mlp, 4x4 tiles)": {"reorder_patch": 4},
+    "chipmunk (attn + shared mlp units)": {"mlp_shared_units": True},
+    "chipmunk (shared mlp units only)": {"mlp_shared_units": True, "sparse_attn": False},
 }
 GRAFTED = {
     "grafted Hyena-Y 50%": "hyena_y",
