@@ -354,6 +354,10 @@ class M2Config(_ModelFields):
     norm_eps: float = 1e-12  # BERT's LayerNorm eps (m2 layer_norm_eps); m2_gpt_tiny sets GPT-2's 1e-5
     dropout: float = 0.1  # hidden dropout (embeddings and MLP output; M2-GPT: each residual branch)
     causal: bool = False  # False: M2-BERT (bidirectional); True: M2-GPT
+    # m2's flag: False swaps every M2 mixer for MosaicBERT's self-attention block (the attention BERT
+    # of M2-BERT's comparisons, all else equal); num_attention_heads is used only then.
+    monarch_mixer_sequence_mixing: bool = True
+    num_attention_heads: int = 12
     init_std: float = 0.02
     fft_size: int | None = None  # FFT length of the causal form; None = 2 * seq; must be even
     dtype: str = "float32"
@@ -378,6 +382,14 @@ class M2Config(_ModelFields):
             )
         _divides("mlp_nblocks", self.mlp_nblocks, "d_model", self.d_model)
         _divides("mlp_nblocks", self.mlp_nblocks, "d_inner", self.ffn_dim)
+        if not self.monarch_mixer_sequence_mixing:
+            if self.causal:
+                raise ValueError(
+                    "monarch_mixer_sequence_mixing=False (self-attention) is the bidirectional BERT only; "
+                    "set causal=False"
+                )
+            _positive("num_attention_heads", self.num_attention_heads)
+            _divides("num_attention_heads", self.num_attention_heads, "d_model", self.d_model)
         _rate("dropout", self.dropout)
         _check_fft_size(self.fft_size, self.max_seq_len)
 

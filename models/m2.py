@@ -46,6 +46,7 @@ from jaxtyping import Array, Float, Int
 import jaxflash
 
 State = dict[str, Any]
+POOLINGS = ("cls", "mean")
 
 
 class M2Mixer(nnx.Module):
@@ -92,12 +93,20 @@ class M2Mixer(nnx.Module):
             **gates,
         )
 
-    def __call__(self, u: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
+    def __call__(
+        self, u: Float[Array, "b l d"], mask: Float[Array, "b l"] | None = None
+    ) -> Float[Array, "b l d"]:
+        """``mask`` (1 at tokens, 0 at padding, the padding after the tokens) zeroes the padded
+        positions of what the long convolutions read, so that a token's output does not depend on how
+        much padding follows it: the short convolution is causal, the filters are truncations of one
+        ``max_len`` filter, and the rest is position-wise. Outputs at padded positions are unspecified."""
         u = self._input(u)
         x1, x2, v = jnp.split(self.short_conv(self.in_linear(u)), 3, axis=-1)
+        if mask is not None:
+            x1 = x1 * mask[..., None].astype(x1.dtype)
         y = self._conv(v, self.filter, pre_gate=x1, post_gate=x2)
         if self.residual_long_conv:
-            y = y + self._conv(u, self.filter2)
+            y = y + self._conv(u if mask is None else u * mask[..., None].astype(u.dtype), self.filter2)
         return self.out_proj(y)
 
     def prefill(self, u: Float[Array, "b l d"], max_len: int) -> tuple[Float[Array, "b l d"], State]:
@@ -185,11 +194,38 @@ class BlockDiagGLU(nnx.Module):
         return self.norm(x + h) if self.post_norm else x
 
 
-class M2BertLayer(nnx.Module):
-    """``h <- MLP(Mixer(h))`` (no residual around the mixer)."""
+class BertSelfAttention(nnx.Module):
+    """MosaicBERT's attention block, what m2's layer holds when ``monarch_mixer_sequence_mixing`` is off:
+    ``LayerNorm(h + dropout(W_o attention(W_q h, W_k h, W_v h)))``, bidirectional, ``num_attention_heads``
+    heads. ``mask`` (1 at tokens, right padding 0) keeps padded keys out (``kv_lengths``)."""
 
     def __init__(self, config: M2Config, *, rngs: nnx.Rngs):
-        self.mixer = M2Mixer(config.d_model, config.max_seq_len, config=config, rngs=rngs)
+        d, dtype = config.d_model, config.compute_dtype
+        self.num_heads = config.num_attention_heads
+        self.implementation = config.implementation
+        self.qkv = nnx.Linear(d, 3 * d, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(d, d, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.norm = nnx.LayerNorm(d, epsilon=config.norm_eps, dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self, h: Float[Array, "b l d"], mask: Float[Array, "b l"] | None = None
+    ) -> Float[Array, "b l d"]:
+        b, length, d = h.shape
+        q, k, v = jnp.split(self.qkv(h).reshape(b, length, 3 * self.num_heads, d // self.num_heads), 3, 2)
+        lengths = None if mask is None else jnp.sum(mask, axis=1).astype(jnp.int32)
+        y = jaxflash.attention(q, k, v, kv_lengths=lengths, implementation=self.implementation)
+        return self.norm(h + self.dropout(self.out(y.reshape(b, length, d))))
+
+
+class M2BertLayer(nnx.Module):
+    """``h <- MLP(Mixer(h))`` (no residual around the mixer; :class:`BertSelfAttention` has its own)."""
+
+    def __init__(self, config: M2Config, *, rngs: nnx.Rngs):
+        if config.monarch_mixer_sequence_mixing:
+            self.mixer = M2Mixer(config.d_model, config.max_seq_len, config=config, rngs=rngs)
+        else:
+            self.mixer = BertSelfAttention(config, rngs=rngs)
         self.mlp = BlockDiagGLU(
             config.d_model,
             config.ffn_dim,
@@ -201,8 +237,10 @@ class M2BertLayer(nnx.Module):
             rngs=rngs,
         )
 
-    def __call__(self, h: Float[Array, "b l d"]) -> Float[Array, "b l d"]:
-        return self.mlp(self.mixer(h))
+    def __call__(
+        self, h: Float[Array, "b l d"], mask: Float[Array, "b l"] | None = None
+    ) -> Float[Array, "b l d"]:
+        return self.mlp(self.mixer(h, mask))
 
 
 class M2Bert(nnx.Module):
@@ -239,9 +277,14 @@ class M2Bert(nnx.Module):
         reinit_linears(self, rngs, std=config.init_std)
 
     def encode(
-        self, input_ids: Int[Array, "b l"], token_type_ids: Int[Array, "b l"] | None = None
+        self,
+        input_ids: Int[Array, "b l"],
+        token_type_ids: Int[Array, "b l"] | None = None,
+        attention_mask: Int[Array, "b l"] | None = None,
     ) -> Float[Array, "b l d"]:
-        """Hidden states after the last layer. Ids out of range raise eagerly; under ``jit`` they are a
+        """Hidden states after the last layer. ``attention_mask`` (1 at tokens, 0 at right padding) keeps
+        the padding out of every token's state (:meth:`M2Mixer.__call__`); m2 itself has no mask and
+        pads every input to one length instead. Ids out of range raise eagerly; under ``jit`` they are a
         value check (``jaxflash.models.validation``)."""
         cfg = self.config
         input_ids = check_token_ids(input_ids, cfg.vocab_size, name="input_ids")
@@ -258,8 +301,15 @@ class M2Bert(nnx.Module):
             )
         h = self.word_emb(input_ids) + self.pos_emb(jnp.arange(length))[None] + self.type_emb(token_type_ids)
         h = self.emb_dropout(self.emb_norm(h))
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask must have input_ids' shape {input_ids.shape}; got {attention_mask.shape}"
+                )
+            mask = attention_mask.astype(h.dtype)
         for layer in self.layers:
-            h = layer(h)
+            h = layer(h, mask)
         return h
 
     def mlm_logits(self, h: Float[Array, "b l d"]) -> Float[Array, "b l v"]:
@@ -268,6 +318,26 @@ class M2Bert(nnx.Module):
 
     def pool(self, h: Float[Array, "b l d"]) -> Float[Array, "b d"]:
         return jnp.tanh(self.pooler(h[:, 0]))
+
+    def embed(
+        self,
+        input_ids: Int[Array, "b l"],
+        attention_mask: Int[Array, "b l"] | None = None,
+        *,
+        pooling: str = "cls",
+    ) -> Float[Array, "b d"]:
+        """One retrieval embedding per sequence (not normalised; cosine search normalises):
+        ``"cls"`` is M2-BERT-32k's (:meth:`pool`: CLS state, dense, tanh), ``"mean"`` the mean of the
+        last hidden states over ``attention_mask`` (sentence-transformers' mean pooling). A padded
+        sequence embeds as the unpadded one does (to float rounding)."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}")
+        h = self.encode(input_ids, attention_mask=attention_mask)
+        if pooling == "cls":
+            return self.pool(h).astype(jnp.float32)
+        mask = jnp.ones(h.shape[:2], h.dtype) if attention_mask is None else attention_mask.astype(h.dtype)
+        total = jnp.sum(h * mask[..., None], axis=1)
+        return (total / jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1)).astype(jnp.float32)
 
     def __call__(
         self, input_ids: Int[Array, "b l"], token_type_ids: Int[Array, "b l"] | None = None

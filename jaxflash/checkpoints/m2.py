@@ -191,6 +191,11 @@ def layout(model: M2Bert | M2BertClassifier, head: str) -> list[Entry]:
     else:
         raise NotImplementedError(f"a {type(model).__name__} has no m2 {head} form")
     cfg = bert.config
+    if not cfg.monarch_mixer_sequence_mixing:
+        raise NotImplementedError(
+            "the m2 layout covers the Monarch Mixer layers; an attention BERT "
+            "(monarch_mixer_sequence_mixing=False) has no converter"
+        )
     if cfg.hyena.filter != "implicit":
         raise NotImplementedError(f"hyena.filter={cfg.hyena.filter!r}: m2's filters are implicit")
     word = f"{E}word_embeddings.weight"

@@ -5,6 +5,7 @@ M2-GPT LM around it is tested with the LM skeleton in test_model_lm.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from jaxflash.models import M2Bert, M2Mixer, m2_bert_tiny, m2_gpt_tiny
 from jaxflash.models.m2 import M2BertLayer
@@ -108,3 +109,35 @@ def test_training_additions_normalise_the_mixer_input(key, checks):
     causal = M2Mixer(8, 16, config=m2_gpt_tiny(d_model=8, training_additions=True), rngs=nnx.Rngs(6))
     checks.step(causal, random_normal(key, (2, 7, 8)), max_len=16, atol=5e-5)
     checks.prefill(causal, random_normal(key, (2, 7, 8)), cut=4, max_len=16, atol=5e-5)
+
+
+@pytest.mark.parametrize("monarch", [True, False], ids=["m2", "attention"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_padded_batch_embeds_as_unpadded(key, monarch, pooling):
+    """With attention_mask, right padding changes no token's state: every sequence of a padded batch
+    embeds (and encodes) as it does alone at its own length, for the M2 mixer and for self-attention."""
+    cfg = m2_bert_tiny(monarch_mixer_sequence_mixing=monarch, num_attention_heads=4)
+    model = M2Bert(cfg, rngs=nnx.Rngs(4))
+    lengths = (7, 19, 32)
+    ids = np.asarray(jax.random.randint(key, (3, 32), 1, 16))
+    mask = (np.arange(32)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
+    padded = nnx.jit(lambda m, i, a: (m.embed(i, a, pooling=pooling), m.encode(i, attention_mask=a)))
+    emb, hidden = padded(model, ids * mask, mask)
+    for row, n in enumerate(lengths):
+        alone = nnx.jit(lambda m, i: (m.embed(i, pooling=pooling), m.encode(i)))
+        emb_1, hidden_1 = alone(model, ids[row : row + 1, :n])
+        assert_close(emb[row : row + 1], emb_1, atol=2e-5)
+        assert_close(hidden[row : row + 1, :n], hidden_1, atol=2e-5)
+    # Without the mask the padding leaks in (what m2 avoids by padding every input to one length).
+    leaky = nnx.jit(lambda m, i: m.embed(i, pooling=pooling))(model, ids * mask)
+    assert float(jnp.max(jnp.abs(leaky[0] - emb[0]))) > 1e-4
+
+
+def test_embed_and_mixer_choice_errors():
+    model = M2Bert(m2_bert_tiny(), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="pooling='max'"):
+        model.embed(jnp.zeros((1, 4), jnp.int32), pooling="max")
+    with pytest.raises(ValueError, match="attention_mask must have input_ids' shape"):
+        model.encode(jnp.zeros((1, 4), jnp.int32), attention_mask=jnp.ones((1, 5), jnp.int32))
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        m2_bert_tiny(monarch_mixer_sequence_mixing=False, num_attention_heads=5)
