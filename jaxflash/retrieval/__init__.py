@@ -1,0 +1,14 @@
+"""Retrieval and its evaluation, as BEIR runs it for M2-BERT on LoCoV1.
+
+* :func:`exact_search`: exact dense search by cosine similarity or dot product, chunked over the corpus.
+* :class:`BM25`: lexical BM25 over the ``bm25s`` package (``pip install "jaxflash[retrieval]"``), with the
+  same ``(scores, indices)`` output.
+* :func:`evaluate`, :func:`ndcg_at_k`, :func:`recall_at_k`, :func:`precision_at_k`, :func:`mrr_at_k`:
+  trec_eval's (pytrec_eval's) ranking metrics on an index ranking or a BEIR dict run.
+"""
+
+from jaxflash.retrieval.bm25 import BM25
+from jaxflash.retrieval.metrics import evaluate, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
+from jaxflash.retrieval.search import exact_search
+
+__all__ = ["BM25", "evaluate", "exact_search", "mrr_at_k", "ndcg_at_k", "precision_at_k", "recall_at_k"]
