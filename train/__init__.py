@@ -14,7 +14,9 @@ Modules: ``config`` (TrainConfig and overrides), ``presets``, ``step`` (the pure
 
 from jaxflash.train.checkpoint import load_model
 from jaxflash.train.config import (
+    DiffusionConfig,
     DistributedConfig,
+    MaskedLMConfig,
     MeshConfig,
     OptimConfig,
     TrainConfig,
@@ -26,7 +28,9 @@ from jaxflash.train.step import Sums, TrainState, make_train_step, next_token_lo
 
 __all__ = [
     "GROUPS",
+    "DiffusionConfig",
     "DistributedConfig",
+    "MaskedLMConfig",
     "MeshConfig",
     "NonFiniteLossError",
     "OptimConfig",

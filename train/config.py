@@ -67,6 +67,23 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class MaskedLMConfig:
+    """BERT's masked-LM objective for the bidirectional M2-BERT (``M2Config(causal=False)``); ignored by
+    the other models. Each token of a window is chosen with probability ``mask_rate`` (M2-BERT's recipe:
+    0.3 in training, 0.15 in evaluation, ``shared/reference/models.md`` 5.2); a chosen token is replaced
+    by ``[MASK]`` (the id ``model.vocab_size - 1``, which the data must not use) with probability 0.8, by a
+    random id below it with 0.1, and kept with 0.1; the loss is the cross-entropy of the original token at
+    the chosen positions only."""
+
+    mask_rate: float = 0.3
+    eval_mask_rate: float = 0.15
+
+    def __post_init__(self):
+        check_real("mlm.mask_rate", self.mask_rate, above=0, at_most=1)
+        check_real("mlm.eval_mask_rate", self.eval_mask_rate, above=0, at_most=1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DiffusionConfig:
     """How a DiT is trained and sampled (``jaxflash.diffusion``); ignored for the language models.
 
@@ -152,6 +169,7 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    mlm: MaskedLMConfig = dataclasses.field(default_factory=MaskedLMConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     workdir: str = "runs/default"  # config, metrics, TensorBoard events and checkpoints; reused to resume

@@ -37,7 +37,17 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jaxflash.models import M2GPT, DiT, DiTConfig, LanguageModel, LMConfig, M2Config, Parcae, ParcaeConfig
+from jaxflash.models import (
+    M2GPT,
+    DiT,
+    DiTConfig,
+    LanguageModel,
+    LMConfig,
+    M2Bert,
+    M2Config,
+    Parcae,
+    ParcaeConfig,
+)
 from jaxflash.train import checkpoint as ckpt
 from jaxflash.train import config as config_lib
 from jaxflash.train import sharding as shard
@@ -87,18 +97,14 @@ class RunResult:
 
 
 def build_model(model_config: Any, *, seed: int) -> nnx.Module:
-    """The model a config describes (LMConfig -> LanguageModel, causal M2Config -> M2GPT, ParcaeConfig
-    -> Parcae, DiTConfig -> DiT), its parameters and dropout streams seeded by ``seed``."""
+    """The model a config describes (LMConfig -> LanguageModel, causal M2Config -> M2GPT, bidirectional
+    M2Config -> M2Bert, ParcaeConfig -> Parcae, DiTConfig -> DiT), its parameters and dropout streams
+    seeded by ``seed``."""
     rngs = nnx.Rngs(seed)
     if isinstance(model_config, LMConfig):
         return LanguageModel(model_config, rngs=rngs)
     if isinstance(model_config, M2Config):
-        if not model_config.causal:
-            raise NotImplementedError(
-                "M2-BERT (M2Config(causal=False)) is a bidirectional encoder: jaxflash.train trains causal "
-                "LMs on next-token prediction. Set model.causal=true for M2-GPT."
-            )
-        return M2GPT(model_config, rngs=rngs)
+        return M2GPT(model_config, rngs=rngs) if model_config.causal else M2Bert(model_config, rngs=rngs)
     if isinstance(model_config, ParcaeConfig):
         return Parcae(model_config, rngs=rngs)
     if isinstance(model_config, DiTConfig):

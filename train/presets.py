@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable
 
 from jaxflash.models import (
+    M2_FILTER,
     AttentionConfig,
     DiTConfig,
     H3Config,
@@ -24,7 +25,7 @@ from jaxflash.models import (
     m2_gpt_tiny,
     parcae_tiny,
 )
-from jaxflash.train.config import DiffusionConfig, OptimConfig, TrainConfig
+from jaxflash.train.config import DiffusionConfig, MaskedLMConfig, OptimConfig, TrainConfig
 
 from jaxflash.data import DataConfig
 
@@ -381,6 +382,52 @@ def dit_digits() -> TrainConfig:
     )
 
 
+# Byte vocabulary plus M2-BERT's [CLS], [SEP] and, last, [MASK] (jaxflash.train.MaskedLMConfig).
+BERT_BYTES = BYTES + 3
+
+
+def _bert_pydoc(monarch: bool) -> TrainConfig:
+    seq = 1024
+    model = M2Config(
+        vocab_size=BERT_BYTES,
+        d_model=128,
+        n_layers=4,
+        d_inner=256,
+        max_seq_len=8192,  # positions and filters for the retrieval lengths; pretraining reads 1024
+        hyena=dataclasses.replace(M2_FILTER, filter_order=64),
+        monarch_mixer_sequence_mixing=monarch,
+        num_attention_heads=4,
+        implementation="xla",
+    )
+    name = "m2_bert_pydoc" if monarch else "bert_pydoc"
+    return TrainConfig(
+        model=model,
+        data=DataConfig(name="pydoc", seq_len=seq),
+        # M2-BERT's recipe (shared/reference/models.md 5.2): lr 5e-4, betas (0.9, 0.98), eps 1e-6,
+        # weight decay 1e-5, 6% warmup then linear decay; MLM rate 0.3 (evaluation 0.15).
+        optim=OptimConfig(lr=5e-4, b2=0.98, eps=1e-6, weight_decay=1e-5, schedule="linear", warmup_steps=90),
+        mlm=MaskedLMConfig(mask_rate=0.3, eval_mask_rate=0.15),
+        workdir=f"runs/{name}",
+        steps=1500,
+        batch_size=16,
+        checkpoint_every=500,
+        eval_every=500,
+        eval_batches=8,
+        log_every=50,
+        sample_tokens=0,
+    )
+
+
+def m2_bert_pydoc() -> TrainConfig:
+    """A 4-layer, width-128 M2-BERT masked-LM pretrained on the pydoc bytes at 1024 (retrieval's encoder)."""
+    return _bert_pydoc(monarch=True)
+
+
+def bert_pydoc() -> TrainConfig:
+    """The same BERT with self-attention in place of the M2 mixer (retrieval's attention baseline)."""
+    return _bert_pydoc(monarch=False)
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "demo": demo,
     **{f"lm_{mixer}": _lm_preset(mixer) for mixer in ("attention", "h3", "hyena", "long_conv")},
@@ -405,6 +452,8 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "mqar_m2": mqar_m2,
     "selective_copying_hyena": selective_copying_hyena,
     "dit_digits": dit_digits,
+    "m2_bert_pydoc": m2_bert_pydoc,
+    "bert_pydoc": bert_pydoc,
 }
 
 

@@ -5,6 +5,9 @@ that differ, chosen by the model config's type (:func:`task_for`):
 
 - :class:`LanguageModelTask` (LMConfig, causal M2Config, ParcaeConfig): next-token cross-entropy on a
   token dataset; evaluation loss, perplexity and accuracy; a generated text sample at the end.
+- :class:`MaskedLMTask` (bidirectional M2Config, M2-BERT): BERT's masked-LM cross-entropy on a token
+  dataset (:func:`masked_lm_loss`, ``TrainConfig.mlm``); evaluation loss, perplexity and accuracy over
+  the masked positions, always the same positions (a fixed key).
 - :class:`DiffusionTask` (DiTConfig): DiT's diffusion loss (epsilon MSE plus the variational bound of
   the learned variance, :func:`jaxflash.diffusion.training_losses`) on a class-labelled image dataset;
   an EMA of the weights in the optimizer state (:func:`jaxflash.diffusion.ema_params`); at every
@@ -25,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jaxflash.models import DiTConfig
+from jaxflash.models import DiTConfig, M2Config
 from jaxflash.train.config import TrainConfig
 from jaxflash.train.step import Batch, Sums, eval_graphdef, next_token_loss
 
@@ -163,6 +166,74 @@ class LanguageModelTask(Task):
                 f"accuracy {evaluation['eval_accuracy']:.3f}"
             )
         return line
+
+
+# --- masked language models --------------------------------------------------------------------------------
+
+# The evaluation's masks come from this key, so every evaluation scores the same positions.
+_EVAL_MASK_KEY = 0
+
+
+def mask_tokens(
+    tokens: jax.Array, key: jax.Array, *, rate: float, mask_id: int, vocab_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """BERT's corruption: ``(inputs, chosen)``, each position chosen with probability ``rate``; a chosen
+    token becomes ``mask_id`` with probability 0.8, a uniform random id in ``[0, vocab_size)`` with 0.1,
+    or stays itself with 0.1."""
+    k_choose, k_kind, k_random = jax.random.split(key, 3)
+    chosen = jax.random.bernoulli(k_choose, rate, tokens.shape)
+    u = jax.random.uniform(k_kind, tokens.shape)
+    random_ids = jax.random.randint(k_random, tokens.shape, 0, vocab_size, dtype=tokens.dtype)
+    inputs = jnp.where(chosen & (u < 0.8), mask_id, jnp.where(chosen & (u < 0.9), random_ids, tokens))
+    return inputs, chosen
+
+
+def masked_lm_loss(
+    model: nnx.Module,
+    batch: Batch,
+    key: jax.Array | None,
+    *,
+    rate: float,
+    mask_id: int,
+    vocab_size: int,
+    train: bool = True,
+) -> Sums:
+    """Cross-entropy of the original tokens at the positions :func:`mask_tokens` chose (``key``; a fixed
+    key when None, as evaluation passes), weighted by ``batch["weights"]``; ``model(inputs)`` gives the
+    MLM logits (``M2Bert``)."""
+    del train  # dropout follows the model's own train / eval mode
+    tokens = batch["inputs"]
+    key = jax.random.key(_EVAL_MASK_KEY) if key is None else key
+    inputs, chosen = mask_tokens(tokens, key, rate=rate, mask_id=mask_id, vocab_size=vocab_size)
+    logits = model(inputs).astype(jnp.float32)
+    weights = batch["weights"].astype(jnp.float32) * chosen
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
+    correct = (jnp.argmax(logits, axis=-1) == tokens).astype(jnp.float32)
+    return Sums(loss=(nll * weights).sum(), weight=weights.sum(), correct=(correct * weights).sum())
+
+
+class MaskedLMTask(LanguageModelTask):
+    """M2-BERT's masked-LM pretraining on a token dataset (``TrainConfig.mlm``)."""
+
+    def loss_fn(self, model, batch, key, *, train=True):
+        mlm, mask_id = self.config.mlm, self.config.model.vocab_size - 1
+        rate = mlm.mask_rate if train else mlm.eval_mask_rate
+        return masked_lm_loss(model, batch, key, rate=rate, mask_id=mask_id, vocab_size=mask_id, train=train)
+
+    def check_data(self, data: Dataset) -> None:
+        super().check_data(data)
+        m = self.config.model
+        if data.vocab_size >= m.vocab_size:
+            raise ValueError(
+                f"the data uses token ids 0..{data.vocab_size - 1} and [MASK] is model.vocab_size - 1 = "
+                f"{m.vocab_size - 1}; set model.vocab_size={data.vocab_size + 1} (or more)"
+            )
+
+    def finish(self, state, graphdef, data, workdir):
+        return None  # an encoder generates nothing
+
+    def summary(self, train, evaluation):
+        return super().summary(train, evaluation).replace("accuracy", "masked-token accuracy")
 
 
 # --- diffusion ----------------------------------------------------------------------------------------------
@@ -324,4 +395,6 @@ def task_for(config: TrainConfig) -> Task:
     """The task of a run, by its model config's type."""
     if isinstance(config.model, DiTConfig):
         return DiffusionTask(config)
+    if isinstance(config.model, M2Config) and not config.model.causal:
+        return MaskedLMTask(config)
     return LanguageModelTask(config)

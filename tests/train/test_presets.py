@@ -37,6 +37,8 @@ REPRODUCTIONS = {
     "mqar_long_conv": MQAR,
     "mqar_m2": [*MQAR, "model.hyena.filter_order=8"],
     "lm_parcae_linear": ["data.seq_len=16", "model.max_seq_len=16"],
+    "m2_bert_pydoc": ["data.seq_len=16", "model.max_seq_len=16", "model.hyena.filter_order=8"],
+    "bert_pydoc": ["data.seq_len=16", "model.max_seq_len=16", "model.num_attention_heads=2"],
 }
 # The model settings no other test trains; every other preset's 2 steps are slow-marked.
 QUICK = ("associative_recall_512_long_conv", "mqar_h3", "lm_parcae_linear")
