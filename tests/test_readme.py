@@ -23,7 +23,7 @@ def _blocks() -> dict[str, str]:
 
 def test_the_readme_has_the_examples():
     sections = {"Example", "Models", "Train", "Checkpoints", "Inference", "Quantization and offloading"}
-    assert sections | {"Diffusion"} <= set(_blocks())
+    assert sections | {"Diffusion", "Retrieval and contrastive losses"} <= set(_blocks())
 
 
 def test_op_example(capsys):
@@ -111,3 +111,12 @@ def test_diffusion_example():
     assert isinstance(scope["hybrid"].blocks[1].attn, HyenaY) and not isinstance(
         scope["dit"].blocks[1].attn, HyenaY
     )
+
+
+def test_retrieval_example(capsys):
+    """BM25 ranks the toy corpus right; the encoder, search and losses run and give finite values."""
+    scope: dict = {}
+    exec(_blocks()["Retrieval and contrastive losses"], scope)
+    assert capsys.readouterr().out.split() == ["1.0"]
+    assert scope["d"].shape == (3, 32) and scope["ranked"].shape == (2, 3)
+    assert bool(jnp.isfinite(scope["opl"])) and bool(jnp.isfinite(scope["sc"])) and float(scope["sc"]) > 0
