@@ -137,6 +137,7 @@ def finetune_retrieval(
     from flax import nnx
 
     from jaxflash.losses import multiple_negatives_ranking_loss, orthogonal_projection_loss
+    from jaxflash.train.step import Sums, init_state, make_train_step, split_model
 
     positives = np.asarray(positives, np.int64)
     if len(queries) == 0 or len(documents) == 0:
@@ -162,26 +163,20 @@ def finetune_retrieval(
     )
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=c.weight_decay))
     model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = tx.init(params)
+    graphdef, _, _ = split_model(model)
+    state = init_state(model, tx, jax.random.key(c.seed))
 
-    def loss_fn(params, rest, qi, qm, di, dm):
-        m = nnx.merge(graphdef, params, rest)
-        q = m.embed(qi, qm, pooling=c.pooling)
-        d = m.embed(di, dm, pooling=c.pooling)
+    def loss_fn(m, batch, key, *, train=True):
+        q = m.embed(batch["query_ids"], batch["query_mask"], pooling=c.pooling)
+        d = m.embed(batch["doc_ids"], batch["doc_mask"], pooling=c.pooling)
         if c.loss == "opl":
-            relevance = jnp.eye(q.shape[0], d.shape[0])
-            loss = orthogonal_projection_loss(q, d, relevance)
+            loss = orthogonal_projection_loss(q, d, jnp.eye(q.shape[0], d.shape[0]))
         else:
             loss = multiple_negatives_ranking_loss(q, d, scale=c.mnrl_scale)
-        return loss, nnx.split(m, nnx.Param, ...)[2]  # the dropout streams advance
+        one = jnp.ones((), jnp.float32)
+        return Sums(loss=loss, weight=one, correct=jnp.zeros((), jnp.float32))
 
-    @jax.jit
-    def step(params, rest, opt_state, qi, qm, di, dm):
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, qi, qm, di, dm)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, loss
-
+    step = jax.jit(make_train_step(graphdef, tx, loss_fn))
     rng = np.random.default_rng(c.seed)
     losses = []
     for s in range(c.steps):
@@ -195,12 +190,17 @@ def finetune_retrieval(
         others = np.setdiff1d(np.arange(len(documents)), list(seen))
         extra = rng.choice(others, size=min(c.negatives, len(others)), replace=False)
         docs = np.concatenate([positives[rows], extra])
-        params, rest, opt_state, loss = step(
-            params, rest, opt_state, q_ids[rows], q_mask[rows], d_ids[docs], d_mask[docs]
+        batch = dict(
+            query_ids=q_ids[rows], query_mask=q_mask[rows], doc_ids=d_ids[docs], doc_mask=d_mask[docs]
         )
-        losses.append(float(loss))
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
         if log_every and (s + 1) % log_every == 0:
             print(f"finetune step {s + 1}/{c.steps}: {c.loss} loss {np.mean(losses[-log_every:]):.4f}")
-    nnx.update(model, params, rest)
+    if int(state.bad_step) >= 0:
+        raise FloatingPointError(
+            f"the {c.loss} loss became non-finite at step {int(state.bad_step)}; lower lr"
+        )
+    nnx.update(model, state.params, state.rest)
     model.eval()
     return losses

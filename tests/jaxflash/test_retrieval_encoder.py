@@ -18,8 +18,9 @@ from jaxflash.retrieval.encoder import (
 from jaxflash.retrieval.experiments import extend_positions
 
 
-def _model(max_len=128):
-    return M2Bert(m2_bert_tiny(vocab_size=VOCAB_SIZE, max_seq_len=max_len), rngs=nnx.Rngs(0))
+def _model(max_len=128, dropout=0.0):
+    cfg = m2_bert_tiny(vocab_size=VOCAB_SIZE, max_seq_len=max_len, dropout=dropout)
+    return M2Bert(cfg, rngs=nnx.Rngs(0))
 
 
 def test_tokenize_prepends_cls_cuts_and_pads():
@@ -43,7 +44,7 @@ def test_bucketed_batches_encode_as_one_by_one(pooling):
 
 
 def test_finetuning_separates_a_toy_corpus():
-    model = _model()
+    model = _model(dropout=0.1)  # the dropout streams advance inside the jitted step
     words = ["json", "socket", "random", "zipfile", "math", "queue", "time", "uuid", "heapq", "array"]
     docs = [f"module {w}: {w} functions, {w} classes and {w} data. " * 2 for w in words]
     queries = [f"the {w} module" for w in words]
