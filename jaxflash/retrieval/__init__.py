@@ -8,6 +8,8 @@
 * :mod:`jaxflash.retrieval.encoder`: byte-level texts to ids, embeddings of a text list with an encoder
   (``jaxflash.models.M2Bert.embed``), contrastive fine-tuning (:func:`finetune_retrieval`, OPL or MNRL).
 * ``python -m jaxflash.retrieval.experiments``: the long-document retrieval table of REPRODUCTIONS.md.
+* :mod:`jaxflash.retrieval.tabi`: TABi's type-aware bi-encoder on WordNet's ambiguous nouns
+  (:mod:`jaxflash.data.wordnet`); ``python -m jaxflash.retrieval.tabi`` runs its table.
 """
 
 from jaxflash.retrieval.bm25 import BM25

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--loss", choices=("opl", "mnrl"), default="opl")
     p.add_argument("--lr", type=float, default=FINETUNE_LR)
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls", help="the embedding (M2Bert.embed)")
     p.add_argument(
         "--split", choices=("validation", "test"), default="test", help="validation: for choosing settings"
     )
@@ -108,12 +109,14 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 model = load_model(workdir)
                 extend_positions(model, pretrain_len)
-                config = FinetuneConfig(loss=loss, steps=args.steps, max_len=length, seed=seed, lr=args.lr)
+                config = FinetuneConfig(
+                    loss=loss, steps=args.steps, max_len=length, seed=seed, lr=args.lr, pooling=args.pooling
+                )
                 start = time.perf_counter()
                 finetune_retrieval(model, train_q, corpus.documents, positives, config, log_every=50)
                 seconds.append(time.perf_counter() - start)
-                q = encode_texts(model, test_q, config.query_len)
-                d = encode_texts(model, corpus.documents, length)
+                q = encode_texts(model, test_q, config.query_len, pooling=args.pooling)
+                d = encode_texts(model, corpus.documents, length, pooling=args.pooling)
                 _, idx = exact_search(q, d, 10)
                 per_seed.append(evaluate(idx, test_rel))
             values = {}
