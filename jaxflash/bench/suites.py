@@ -24,6 +24,7 @@ SUITE_MODULES: dict[str, str] = {
     "quant": "jaxflash.bench.quant",
     "offload": "jaxflash.bench.offload",
     "diffusion": "jaxflash.bench.diffusion",
+    "retrieval": "jaxflash.bench.retrieval",
 }
 
 
