@@ -63,12 +63,13 @@ class RetrievalCorpus:
     python_version: str
 
 
-def split_of(name: str) -> str:
-    """``"test"``, ``"validation"`` or ``"train"`` for a module name, from its CRC-32."""
+def split_of(name: str, fractions: dict[str, float] = SPLIT_FRACTIONS) -> str:
+    """``"test"``, ``"validation"`` or ``"train"`` for a name (here a module's), from its CRC-32 and the
+    ``"test"`` and ``"validation"`` shares in ``fractions``."""
     u = zlib.crc32(name.encode()) / 2**32
-    if u < SPLIT_FRACTIONS["test"]:
+    if u < fractions["test"]:
         return "test"
-    if u < SPLIT_FRACTIONS["test"] + SPLIT_FRACTIONS["validation"]:
+    if u < fractions["test"] + fractions["validation"]:
         return "validation"
     return "train"
 

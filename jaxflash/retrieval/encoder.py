@@ -119,6 +119,19 @@ class FinetuneConfig:
         check_real("mnrl_scale", self.mnrl_scale, above=0)
 
 
+def finetune_optimizer(lr: float, steps: int, warmup_fraction: float, weight_decay: float):
+    """AdamW under linear warmup over ``warmup_fraction`` of ``steps`` then linear decay to 0, gradient
+    norm clipped to 1 (M2-BERT's fine-tuning recipe)."""
+    import optax
+
+    warmup = int(warmup_fraction * steps)
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.linear_schedule(lr, 0.0, steps - warmup)],
+        [warmup],
+    )
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay))
+
+
 def finetune_retrieval(
     model: Any,
     queries: Sequence[str],
@@ -133,7 +146,6 @@ def finetune_retrieval(
     other documents from ``config.seed``."""
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
 
     from jaxflash.losses import multiple_negatives_ranking_loss, orthogonal_projection_loss
@@ -153,15 +165,7 @@ def finetune_retrieval(
         )
     q_ids, q_mask = tokenize(queries, c.query_len)
     d_ids, d_mask = tokenize(documents, c.max_len)
-    warmup = int(c.warmup_fraction * c.steps)
-    schedule = optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, c.lr, max(warmup, 1)),
-            optax.linear_schedule(c.lr, 0.0, c.steps - warmup),
-        ],
-        [warmup],
-    )
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=c.weight_decay))
+    tx = finetune_optimizer(c.lr, c.steps, c.warmup_fraction, c.weight_decay)
     model.train()
     graphdef, _, _ = split_model(model)
     state = init_state(model, tx, jax.random.key(c.seed))

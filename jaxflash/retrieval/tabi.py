@@ -269,10 +269,10 @@ def train_tabi(
     and the loss of every step."""
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
 
     from jaxflash.losses import tabi_loss
+    from jaxflash.retrieval.encoder import finetune_optimizer
     from jaxflash.train.step import Sums, init_state, make_train_step, split_model
 
     c = config
@@ -294,15 +294,7 @@ def train_tabi(
     ]
 
     model = bi_encoder(c, c.seed)
-    warmup = int(c.warmup_fraction * c.steps)
-    schedule = optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, c.lr, max(warmup, 1)),
-            optax.linear_schedule(c.lr, 0.0, c.steps - warmup),
-        ],
-        [warmup],
-    )
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=c.weight_decay))
+    tx = finetune_optimizer(c.lr, c.steps, c.warmup_fraction, c.weight_decay)
     model.train()
     graphdef, _, _ = split_model(model)
     state = init_state(model, tx, jax.random.key(c.seed))
