@@ -48,6 +48,7 @@ GPU_ORDER = (
     "quant",
     "offload",
     "ws",
+    "retrieval",
 )
 
 

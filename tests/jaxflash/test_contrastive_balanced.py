@@ -10,7 +10,6 @@ import pytest
 
 from jaxflash.contrastive.balanced import (
     COARSE_GROUPS,
-    COMPONENTS,
     METHODS,
     BalancedConfig,
     augment,
@@ -128,7 +127,9 @@ def test_group_accuracies_by_hand():
     assert r["worst_group"] == 0.5 and r["average"] == pytest.approx(4 / 6)
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
+# supcon_cnce runs the spread loss, supcon_autoencoder SupCon and the autoencoder's cross-entropy and
+# MSE: together every loss path of the four components (the other two are their parts).
+@pytest.mark.parametrize("component", ["supcon_cnce", "supcon_autoencoder"])
 def test_a_few_steps_lower_the_loss(subset, component):
     images, labels = subset
     model, losses = train_component(component, images, labels, SMALL, seed=0)
@@ -151,9 +152,9 @@ def test_thanos_embedding_is_both_backbones_side_by_side(subset):
 
 
 def test_tiny_run_and_table():
-    results = run_balanced([0, 1], SMALL, methods=["supcon"], evaluate_on="validation")
+    results = run_balanced([0], SMALL, methods=["supcon"], evaluate_on="validation")
     r = results["methods"]["supcon"]
-    assert len(r["fine_accuracy"]) == 2 and 0.0 <= r["worst_group_mean"] <= r["average_mean"] <= 1.0
+    assert len(r["fine_accuracy"]) == 1 and 0.0 <= r["worst_group_mean"] <= r["average_mean"] <= 1.0
     assert r["fine_accuracy_mean"] > 0.3  # far above chance (0.1) even after 30 steps
     table = markdown(results)
     assert "| supcon |" in table and "51.8" in table and "pixels" in table
