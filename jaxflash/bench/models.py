@@ -12,6 +12,7 @@ as N log N against attention's N^2.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from jaxflash.bench.harness import Candidate, Case, Suite
 
@@ -91,11 +92,174 @@ def _cases(sizes: Sequence[int] | None, quick: bool) -> list[Case]:
     return cases
 
 
+# --- single layers against the papers' PyTorch code -------------------------------------------------
+
+LAYER_SIZES = (1024, 4096, 8192)
+LAYER_WIDTHS = (128, 512)
+LAYER_BATCH = 4
+# layer -> the repository whose PyTorch forward jaxflash.bench.torch_layers follows
+LAYERS = {"hyena": "safari", "h3": "safari", "long_conv": "safari", "m2": "m2"}
+# The Pile Hyena's filter (safari configs/experiment/pile/hyena*.yaml), as in the LM cases above.
+HYENA_FILTER = dict(filter_order=64, emb_dim=33, sine_freq=14.0)
+
+
+def torch_mixer(kind: str, d_model: int, seq: int, cfg: Any):
+    """The papers' PyTorch form (``jaxflash.bench.torch_layers``) of our mixer ``kind`` with config
+    ``cfg`` (the ``HyenaConfig``, ``H3Config``, ``LongConvConfig`` or ``M2Config`` it was built from)."""
+    from jaxflash.bench import torch_layers as tl
+
+    if kind == "hyena":
+        return tl.HyenaOperator(
+            d_model,
+            seq,
+            order=cfg.order,
+            filter_order=cfg.filter_order,
+            emb_dim=cfg.emb_dim,
+            num_inner_mlps=cfg.num_inner_mlps,
+            w=cfg.sine_freq,
+            fast_decay_pct=cfg.fast_decay_pct,
+            slow_decay_pct=cfg.slow_decay_pct,
+            target=cfg.decay_target,
+        )
+    if kind == "h3":
+        return tl.H3(d_model, cfg.d_state)
+    if kind == "long_conv":
+        return tl.LongConv(d_model, seq, channels=cfg.channels, lam=cfg.lam, smooth=cfg.smoothing)
+    if kind == "m2":
+        h = cfg.hyena
+        return tl.MonarchMixerSequenceMixing(
+            d_model,
+            seq,
+            filter_order=h.filter_order,
+            residual_long_conv=cfg.residual_long_conv,
+            emb_dim=h.emb_dim,
+            num_inner_mlps=h.num_inner_mlps,
+            w=h.sine_freq,
+            fast_decay_pct=h.fast_decay_pct,
+            slow_decay_pct=h.slow_decay_pct,
+            target=h.decay_target,
+        )
+    raise NotImplementedError(f"mixer {kind!r} has no PyTorch peer here ({sorted(LAYERS)} do)")
+
+
+def load_torch(module, state: dict) -> None:
+    """Loads a numpy state dict (our export in the original's layout) into a torch module, strictly."""
+    import numpy as np
+    import torch
+
+    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+
+
+def layer_pair(layer: str, d_model: int, seq: int, seed: int = 0):
+    """Our ``layer`` (an nnx module) and the papers' PyTorch form of it holding the same weights
+    (``jaxflash.bench.torch_layers``, loaded from our export in the original's key layout)."""
+    if layer not in LAYERS:
+        raise ValueError(f"layer={layer!r}; choose one of {sorted(LAYERS)}")
+    from flax import nnx
+
+    from jaxflash.checkpoints import m2 as m2_layout
+    from jaxflash.checkpoints import safari
+    from jaxflash.checkpoints.layout import export
+    from jaxflash.models import (
+        H3,
+        H3Config,
+        HyenaConfig,
+        HyenaOperator,
+        LongConv,
+        LongConvConfig,
+        M2Config,
+        M2Mixer,
+    )
+
+    rngs = nnx.Rngs(seed)
+    if layer == "hyena":
+        cfg = HyenaConfig(**HYENA_FILTER)
+        ours = HyenaOperator(d_model, seq, cfg, rngs=rngs)
+    elif layer == "h3":
+        cfg = H3Config()
+        ours = H3(d_model, cfg, rngs=rngs)
+    elif layer == "long_conv":
+        cfg = LongConvConfig(channels=1, lam=0.003)
+        ours = LongConv(d_model, seq, cfg, rngs=rngs)
+    else:
+        cfg = M2Config(d_model=d_model, max_seq_len=seq)
+        ours = M2Mixer(d_model, seq, config=cfg, rngs=rngs)
+    rules = m2_layout.mixer_rules(ours, cfg) if layer == "m2" else safari.mixer_rules(layer, ours)
+    theirs = torch_mixer(layer, d_model, seq, cfg)
+    load_torch(theirs, export(ours, rules))
+    return ours, theirs
+
+
+def layer_input(d_model: int, seq: int, batch: int = LAYER_BATCH, seed: int = 1):
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal((batch, seq, d_model)).astype(np.float32)
+
+
+def _ours_thunk(layer: str, d_model: int, seq: int, batch: int) -> Callable[[], object]:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    ours, _ = layer_pair(layer, d_model, seq)
+    graphdef, params, rest = nnx.split(ours, nnx.Param, ...)
+    x = jnp.asarray(layer_input(d_model, seq, batch))
+
+    @jax.jit
+    def loss_and_grads(params, rest, x):
+        def loss(p, x):
+            y = nnx.merge(graphdef, p, rest)(x)
+            return jnp.mean(y * y)
+
+        return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+
+    return lambda: loss_and_grads(params, rest, x)
+
+
+def _torch_thunk(layer: str, d_model: int, seq: int, batch: int) -> Callable[[], object]:
+    import torch
+
+    _, theirs = layer_pair(layer, d_model, seq)
+    x = torch.from_numpy(layer_input(d_model, seq, batch)).requires_grad_()
+
+    def step():
+        theirs.zero_grad(set_to_none=True)
+        x.grad = None
+        y = theirs(x)
+        loss = (y * y).mean()
+        loss.backward()
+        return loss.detach()
+
+    return step
+
+
+def _layer_cases(sizes: Sequence[int] | None, quick: bool) -> list[Case]:
+    cases = []
+    widths = LAYER_WIDTHS[:1] if quick else LAYER_WIDTHS
+    for seq in sizes or (QUICK_SIZES if quick else LAYER_SIZES):
+        for d_model in widths:
+            for layer, repo in LAYERS.items():
+                peer = f"{repo} torch"
+                args = (layer, d_model, seq, LAYER_BATCH)
+                candidates = (
+                    Candidate("jaxflash", lambda args=args: _ours_thunk(*args)),
+                    Candidate(peer, lambda args=args: _torch_thunk(*args), requires=("torch",), peer=True),
+                )
+                config = {"layer": layer, "seq": seq, "d_model": d_model, "batch": LAYER_BATCH}
+                cases.append(Case(config=config, candidates=candidates, baseline=peer))
+    return cases
+
+
+def _all_cases(sizes: Sequence[int] | None, quick: bool) -> list[Case]:
+    return _cases(sizes, quick) + _layer_cases(sizes, quick)
+
+
 SUITE = Suite(
     name="models",
     description=(
-        f"forward+backward of a {DEPTH}-layer width-{WIDTH} LM per sequence mixer, batch {BATCH}; "
-        "tokens/s = tokens / median, speed-up over the Transformer"
+        f"forward+backward of a {DEPTH}-layer width-{WIDTH} LM per sequence mixer, batch {BATCH} "
+        "(speed-up over the Transformer), then of each mixer alone, batch "
+        f"{LAYER_BATCH}, against the papers' PyTorch layers (speed-up over torch)"
     ),
-    cases=_cases,
+    cases=_all_cases,
 )

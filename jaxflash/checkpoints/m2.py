@@ -69,7 +69,7 @@ from jaxflash.checkpoints.layout import (
     settle_fields,
 )
 from jaxflash.checkpoints.options import check_original_options, m2_fields
-from jaxflash.models import M2Bert, M2BertClassifier, M2Config
+from jaxflash.models import M2Bert, M2BertClassifier, M2Config, M2Mixer
 
 FAMILY = "m2_bert"
 HEADS = ("mlm", "classification", "retrieval")
@@ -178,6 +178,19 @@ def _blockdiag(key: str, path: str, nblocks: int, *, bias: bool) -> list[Entry]:
     return rules + ([same(f"{key}.bias", f"{path}.bias")] if bias else [])
 
 
+def mixer_rules(mixer: M2Mixer, cfg: M2Config, k: str = "", p: str = "") -> list[Entry]:
+    """The layout of one Monarch Mixer sequence mixer (m2's ``MonarchMixerSequenceMixing``): original
+    keys under prefix ``k``, our parameter paths under ``p``."""
+    rules = linear(f"{k}in_linear", f"{p}in_linear") + linear(f"{k}out_linear", f"{p}out_proj")
+    rules += depthwise_conv(f"{k}short_filter", f"{p}short_conv")
+    rules += filter_rules(mixer.filter, cfg.hyena, f"{k}filter_fn.", f"{p}filter.", bidirectional=True)
+    if cfg.residual_long_conv:
+        rules += filter_rules(mixer.filter2, cfg.hyena, f"{k}filter_fn2.", f"{p}filter2.", bidirectional=True)
+    if cfg.training_additions:
+        rules += layer_norm(f"{k}layernorm", f"{p}layernorm")
+    return rules
+
+
 def layout(model: M2Bert | M2BertClassifier, head: str) -> list[Entry]:
     """The m2 layout of ``model`` for ``head`` (module docstring)."""
     if head not in HEADS:
@@ -216,18 +229,7 @@ def layout(model: M2Bert | M2BertClassifier, head: str) -> list[Entry]:
     ]
     for i, layer in enumerate(bert.layers):
         k, q = f"bert.encoder.layer.{i}.", f"{p}layers.{i}."
-        a, m = f"{k}attention.", f"{q}mixer."
-        rules += linear(f"{a}in_linear", f"{m}in_linear") + linear(f"{a}out_linear", f"{m}out_proj")
-        rules += depthwise_conv(f"{a}short_filter", f"{m}short_conv")
-        rules += filter_rules(
-            layer.mixer.filter, cfg.hyena, f"{a}filter_fn.", f"{m}filter.", bidirectional=True
-        )
-        if cfg.residual_long_conv:
-            rules += filter_rules(
-                layer.mixer.filter2, cfg.hyena, f"{a}filter_fn2.", f"{m}filter2.", bidirectional=True
-            )
-        if cfg.training_additions:
-            rules += layer_norm(f"{a}layernorm", f"{m}layernorm")
+        rules += mixer_rules(layer.mixer, cfg, f"{k}attention.", f"{q}mixer.")
         rules += _blockdiag(f"{k}mlp.gated_layers", f"{q}mlp.gated", cfg.mlp_nblocks, bias=False)
         rules += _blockdiag(f"{k}mlp.wo", f"{q}mlp.out", cfg.mlp_nblocks, bias=True)
         rules += layer_norm(f"{k}mlp.layernorm", f"{q}mlp.norm")

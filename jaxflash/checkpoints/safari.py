@@ -475,7 +475,10 @@ _MIXER_RULES = {
 }
 
 
-def _mixer_rules(kind: str, mixer: Any, k: str, p: str) -> list[Entry]:
+def mixer_rules(kind: str, mixer: Any, k: str = "", p: str = "") -> list[Entry]:
+    """The layout of one mixer (``kind`` as ``LMConfig.mixer_of``): original keys under prefix ``k``,
+    our parameter paths under ``p``. ``export(mixer, mixer_rules(kind, mixer))`` is the state dict of the
+    original layer alone (``jaxflash.bench.torch_layers`` loads it)."""
     if kind not in _MIXER_RULES:
         raise NotImplementedError(
             f"mixer={kind!r} has no ConvLMHeadModel converter ({sorted(_MIXER_RULES)} do)"
@@ -499,7 +502,7 @@ def layout(model: LanguageModel) -> list[Entry]:
         k, p = f"backbone.layers.{i}.", f"blocks.{i}."
         rules += layer_norm(f"{k}norm1", f"{p}norm1") + layer_norm(f"{k}norm2", f"{p}norm2")
         rules += linear(f"{k}mlp.fc1", f"{p}mlp.fc1") + linear(f"{k}mlp.fc2", f"{p}mlp.fc2")
-        rules += _mixer_rules(cfg.mixer_of(i), block.mixer, f"{k}mixer.", f"{p}mixer.")
+        rules += mixer_rules(cfg.mixer_of(i), block.mixer, f"{k}mixer.", f"{p}mixer.")
     return rules + layer_norm("backbone.ln_f", "final_norm")
 
 

@@ -25,11 +25,17 @@ from jaxflash.inference.generate import filter_logits
 
 
 def _greedy_by_forward(model, prompt, n):
-    tokens = jnp.asarray(prompt)
-    for _ in range(n):
-        nxt = jnp.argmax(model(tokens)[:, -1], axis=-1)
-        tokens = jnp.concatenate([tokens, nxt[:, None].astype(tokens.dtype)], axis=1)
-    return np.asarray(tokens)
+    """Greedy decoding by the parallel forward alone: the models are causal, so one compiled forward
+    over the final length (zeros where tokens are still to come) gives every step's logits."""
+    prompt = np.asarray(prompt)
+    b, length = prompt.shape
+    tokens = np.zeros((b, length + n), np.int32)
+    tokens[:, :length] = prompt
+    forward = nnx.jit(lambda m, t: m(t))
+    for i in range(n):
+        logits = forward(model, jnp.asarray(tokens))
+        tokens[:, length + i] = np.argmax(np.asarray(logits[:, length + i - 1]), axis=-1)
+    return tokens
 
 
 MODELS = {
